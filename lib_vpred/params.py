@@ -137,7 +137,7 @@ PARAMS: tuple[Param, ...] = (
         "cfg_rescale",
         float,
         0.7,
-        "CFG rescale phi",
+        "CFG rescale φ",
         "VPred CFG rescale",
         "Rescale the guided v prediction towards the positive prediction's std (paper Algorithm 2). "
         "0 disables it; the paper recommends 0.5-0.75 (0.7 with CFG 7.5).",
@@ -190,11 +190,13 @@ def from_dict(data: Mapping[str, Any], base: VPredParams | None = None) -> VPred
 
 
 def from_args(args: Sequence[Any]) -> VPredParams:
-    """Parse a script's args: either positional values in :data:`PARAMS` order, or a single dict of named fields.
+    """Parse a script's args: either positional values in :data:`PARAMS` order, or a dict of named fields first.
 
-    Fewer positional values than parameters is fine (the rest take defaults); more is an error.
+    Fewer positional values than parameters is fine (the rest take defaults); more is an error. When the first value
+    is a dict, the values after it are ignored: the WebUI's API copies ``alwayson_scripts`` args over the UI defaults,
+    so ``{"args": [{"cfg_rescale": 0.5}]}`` reaches the script as ``({...}, <default>, <default>, ...)``.
     """
-    if len(args) == 1 and isinstance(args[0], Mapping):
+    if args and isinstance(args[0], Mapping):
         return from_dict(args[0])
     if len(args) > len(PARAMS):
         raise ParamError(

@@ -1,0 +1,212 @@
+"""What one sampling pass will do: a pure decision from the settings, the model facts and the sampler.
+
+The WebUI glue gathers facts (:class:`ModelFacts`, :class:`SamplerFacts`), calls :func:`decide` and applies the
+resulting :class:`Plan`. Keeping the decision here makes every rule testable without the WebUI, and the same function
+produces the panel's status line, the console warnings and the infotext, so they can never disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+from lib_vpred.params import PARAMS_BY_NAME, VPredParams, format_infotext_value
+
+#: Sampler families as the WebUI builds them (``modules.sd_samplers_*``).
+KDIFFUSION = "k-diffusion"
+TIMESTEP = "timestep"  # DDIM, DDIM CFG++, PLMS, UniPC (``CompVisSampler``)
+OTHER = "other"  # LCM and anything unknown
+
+
+class DetectionLike(Protocol):
+    prediction: str | None
+    ztsnr: bool | None
+    family: str
+    reasons: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFacts:
+    """What the WebUI has loaded, as seen by the glue for one pass."""
+
+    name: str = "unknown"
+    #: ``sd_model.parameterization`` as the WebUI will sample it ("v" or "eps").
+    webui_prediction: str = "eps"
+    #: Why the WebUI samples it that way (e.g. "YAML beside the checkpoint"), for the status line.
+    webui_prediction_reason: str = ""
+    family: str = "unknown"
+    #: The model's current ``alphas_cumprod`` is already zero-terminal-SNR (the built-in setting, or a YAML).
+    table_is_ztsnr: bool = False
+    #: The WebUI's "Noise schedule for sampling" option is "Zero Terminal SNR".
+    builtin_ztsnr_option: bool = False
+    downcast_alphas_cumprod: bool = False
+    is_edit_model: bool = False
+    #: Models the extension never touches (SD3 builds its own flow-matching denoiser).
+    unsupported_reason: str | None = None
+    detection: DetectionLike | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerFacts:
+    name: str = "Euler"
+    family: str = KDIFFUSION
+    #: The WebUI will drop the penultimate sigma (sampler default or "always discard" option).
+    discards_penultimate_sigma: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The decision for one pass. ``active`` False means: change nothing at all."""
+
+    active: bool
+    prediction: str | None = None
+    prediction_auto: bool = True
+    #: Replace the sampler's denoiser wrapper with this parameterization ("v" or "eps"), or None to keep the WebUI's.
+    override_prediction: str | None = None
+    ztsnr: bool = False
+    ztsnr_auto: bool = True
+    #: Install our ZTSNR sigma table (False when the WebUI's built-in option already made the table ZTSNR).
+    install_ztsnr_table: bool = False
+    ztsnr_by_builtin: bool = False
+    trailing: bool = False
+    cfg_rescale: float = 0.0
+    reasons: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    #: Why nothing is applied (inactive plans), for the status line.
+    inactive_reason: str = ""
+
+    def status(self) -> str:
+        """One line for the panel: what was detected and why, and what the next generation will do."""
+        why = "; ".join(self.reasons)
+        if not self.active:
+            text = self.inactive_reason or "not applied"
+            return f"{text} ({why})" if why else text
+        parts = ["v-pred" if self.prediction == "v" else "eps"]
+        if self.ztsnr:
+            parts[0] += " + ZTSNR" + (" (built-in setting)" if self.ztsnr_by_builtin else "")
+        head = parts[0] + (f" ({why})" if why else "")
+        tail = ["trailing, first step at t=999" if self.trailing else "schedule type as selected"]
+        tail.append(f"phi {self.cfg_rescale:g}" if self.cfg_rescale > 0 else "no CFG rescale")
+        line = f"{head}, {', '.join(tail)}"
+        if self.warnings:
+            line += " | warning: " + " | warning: ".join(self.warnings)
+        return line
+
+    def infotext(self) -> dict[str, Any]:
+        """The extension's infotext keys for this pass (effective values, ``(auto)`` when decided automatically)."""
+        if not self.active:
+            return {}
+        key = {name: PARAMS_BY_NAME[name].infotext_key for name in ("prediction", "ztsnr", "spacing", "cfg_rescale")}
+        out: dict[str, Any] = {
+            key["prediction"]: format_infotext_value(
+                "v-prediction" if self.prediction == "v" else "eps", self.prediction_auto
+            )
+        }
+        if self.ztsnr_by_builtin:
+            out[key["ztsnr"]] = "built-in"
+        elif self.ztsnr:
+            out[key["ztsnr"]] = format_infotext_value("on", self.ztsnr_auto)
+        if self.trailing:
+            out[key["spacing"]] = "trailing"
+        if self.cfg_rescale > 0:
+            out[key["cfg_rescale"]] = self.cfg_rescale
+        return out
+
+
+def _decide_prediction(params: VPredParams, model: ModelFacts) -> tuple[str, bool, list[str]]:
+    if params.prediction == "v-prediction":
+        return "v", False, ["prediction set to v"]
+    if params.prediction == "eps":
+        return "eps", False, ["prediction set to eps"]
+    det = model.detection
+    if model.webui_prediction == "v":
+        return "v", True, [model.webui_prediction_reason or "WebUI samples it as v"]
+    if det is not None and det.prediction == "v":
+        return "v", True, [r for r in det.reasons if "v" in r] or ["checkpoint flags v-prediction"]
+    return "eps", True, []
+
+
+def _decide_ztsnr(params: VPredParams, model: ModelFacts, prediction: str) -> tuple[bool, bool, list[str], list[str]]:
+    """(ztsnr, auto, reasons, warnings)."""
+    if params.ztsnr == "On":
+        warnings = (
+            ["ZTSNR forced on for an eps checkpoint: eps models cannot predict at zero SNR"]
+            if prediction == "eps"
+            else []
+        )
+        return True, False, ["ZTSNR set on"], warnings
+    if params.ztsnr == "Off":
+        return False, False, ["ZTSNR set off"], []
+    if prediction != "v":
+        return False, True, [], []  # Auto never acts on eps checkpoints, whatever else is configured
+    if model.table_is_ztsnr:
+        return True, True, ["schedule already zero-terminal-SNR"], []
+    det = model.detection
+    if det is not None and det.ztsnr is not None:
+        return det.ztsnr, True, ["checkpoint says ZTSNR" if det.ztsnr else "checkpoint says no ZTSNR"], []
+    family = det.family if det is not None and det.family != "unknown" else model.family
+    if family == "SD1":
+        # Every public SD1.x v-prediction checkpoint family (fluffyrock, EasyFluff, ...) was trained with ZTSNR.
+        return True, True, ["SD1 v-pred assumed ZTSNR"], []
+    if family == "SD2":
+        return False, True, ["SD2 v-pred (768-v) was trained without ZTSNR"], []
+    return (
+        False,
+        True,
+        ["no ZTSNR evidence"],
+        ["v-pred checkpoint without ZTSNR evidence: set Zero terminal SNR to On if it was trained with ZTSNR"],
+    )
+
+
+def decide(params: VPredParams, model: ModelFacts, sampler: SamplerFacts) -> Plan:
+    """Decide what one sampling pass does. Pure: same inputs, same plan."""
+    if not params.enabled:
+        return Plan(active=False, inactive_reason="disabled")
+    if model.unsupported_reason:
+        return Plan(active=False, inactive_reason=model.unsupported_reason)
+
+    prediction, prediction_auto, reasons = _decide_prediction(params, model)
+    ztsnr, ztsnr_auto, ztsnr_reasons, warnings = _decide_ztsnr(params, model, prediction)
+    reasons += ztsnr_reasons
+    if prediction != "v" and not ztsnr:
+        return Plan(
+            active=False, prediction=prediction, reasons=tuple(reasons), inactive_reason="eps checkpoint: unchanged"
+        )
+
+    if sampler.family != KDIFFUSION:
+        return Plan(
+            active=False,
+            prediction=prediction,
+            reasons=tuple(reasons),
+            inactive_reason=f"sampler {sampler.name} is not supported yet: it runs unchanged (use a k-diffusion sampler such as Euler)",
+        )
+
+    override = prediction if prediction != model.webui_prediction else None
+    by_builtin = ztsnr and model.table_is_ztsnr
+    if model.builtin_ztsnr_option and not ztsnr:
+        warnings.append("the WebUI's 'Noise schedule: Zero Terminal SNR' setting is on and still applies")
+    if model.downcast_alphas_cumprod and ztsnr and not by_builtin:
+        warnings.append(
+            "'Downcast alphas_cumprod' is on: ignored, the ZTSNR table is built in float32 from the original"
+        )
+    trailing = params.spacing == "Trailing"
+    if trailing and sampler.discards_penultimate_sigma:
+        warnings.append(f"{sampler.name} discards the penultimate sigma, so its trailing schedule has one step fewer")
+    phi = params.cfg_rescale if prediction == "v" or not prediction_auto else 0.0
+    if phi > 0 and model.is_edit_model:
+        warnings.append("CFG rescale is not applied to instruct-pix2pix (edit) models")
+        phi = 0.0
+    return Plan(
+        active=True,
+        prediction=prediction,
+        prediction_auto=prediction_auto,
+        override_prediction=override,
+        ztsnr=ztsnr,
+        ztsnr_auto=ztsnr_auto,
+        install_ztsnr_table=ztsnr and not by_builtin,
+        ztsnr_by_builtin=by_builtin and model.builtin_ztsnr_option,
+        trailing=trailing,
+        cfg_rescale=phi,
+        reasons=tuple(reasons),
+        warnings=tuple(warnings),
+    )

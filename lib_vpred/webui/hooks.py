@@ -1,0 +1,249 @@
+"""A1111 WebUI glue: gather facts about the loaded model and the pass's sampler, apply a :class:`Plan` per instance.
+
+Every change lives on objects that die with the sampling pass (the sampler, its ``model_wrap`` and its
+``model_wrap_cfg``) or on ``p`` (``sampler_noise_scheduler_override``, restored in ``postprocess`` and re-decided on
+every pass). Nothing global is modified, so an exception, an interrupt or a model switch cannot leave the WebUI
+changed, and an eps checkpoint (inactive plan) runs exactly the WebUI's own code.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from typing import Any
+
+import torch
+
+from lib_vpred import detect, guidance, schedule
+from lib_vpred.params import VPredParams
+from lib_vpred.plan import KDIFFUSION, OTHER, TIMESTEP, ModelFacts, Plan, SamplerFacts, decide
+
+logger = logging.getLogger("vpred")
+
+#: Attribute names used on per-pass objects. All start with ``_vpred``.
+ATTR_PLAN = "_vpred_plan"  # on model_wrap_cfg: the Plan of this pass (also the callback's marker)
+ATTR_PARAMS = "_vpred_params"  # on model_wrap_cfg: the VPredParams (to re-plan after a refiner switch)
+ATTR_CFG_PARAMS = "_vpred_cfg_params"  # on model_wrap_cfg: this step's CFGDenoiserParams (noisy x and sigma)
+ATTR_ORIGINAL_COMBINE = "_vpred_original_combine"  # on model_wrap_cfg: the combine_denoised we wrapped
+ATTR_TABLE = "_vpred_ztsnr_table"  # on model_wrap: True once our ZTSNR sigma table is installed
+ATTR_SAVED_OVERRIDE = "_vpred_saved_scheduler_override"  # on p: the override that was there before ours
+
+
+# --- facts ------------------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def _detect_cached(path: str, mtime_ns: int, size: int) -> detect.Detection:
+    return detect.detect_checkpoint(path)
+
+
+def detect_file(path: str | None) -> detect.Detection | None:
+    """``detect_checkpoint`` cached by (path, mtime, size): a changed file is re-read, an unchanged one never."""
+    if not path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return detect.detect_checkpoint(path)  # reports the problem as reasons
+    return _detect_cached(path, st.st_mtime_ns, st.st_size)
+
+
+def _family(sd_model: Any) -> str:
+    if getattr(sd_model, "is_sdxl", False):
+        return "SDXL"
+    if getattr(sd_model, "is_sd2", False):
+        return "SD2"
+    if getattr(sd_model, "is_sd1", False):
+        return "SD1"
+    return "unknown"
+
+
+def model_facts(sd_model: Any, opts: Any) -> ModelFacts:
+    """Facts about the loaded model (``shared.sd_model``) and the options that affect its schedule."""
+    info = getattr(sd_model, "sd_checkpoint_info", None)
+    filename = getattr(info, "filename", None)
+    webui_prediction = "v" if getattr(sd_model, "parameterization", "eps") == "v" else "eps"
+    reason = ""
+    if webui_prediction == "v":
+        used_config = getattr(sd_model, "used_config", None) or ""
+        near = filename and os.path.splitext(filename)[0] + ".yaml"
+        if (
+            used_config
+            and near
+            and os.path.normcase(os.path.abspath(used_config)) == os.path.normcase(os.path.abspath(near))
+        ):
+            reason = "YAML beside the checkpoint: parameterization v"
+        elif used_config:
+            reason = f"config {os.path.basename(used_config)}: parameterization v"
+        else:
+            reason = "WebUI samples it as v"
+    alphas = getattr(sd_model, "alphas_cumprod", None)
+    unsupported = None
+    if getattr(sd_model, "is_sd3", False):
+        unsupported = "SD3 is a flow-matching model: not applicable"
+    elif alphas is None:
+        unsupported = "model has no alphas_cumprod schedule: not applicable"
+    return ModelFacts(
+        name=getattr(info, "name", None) or (os.path.basename(filename) if filename else "unknown"),
+        webui_prediction=webui_prediction,
+        webui_prediction_reason=reason,
+        family=_family(sd_model),
+        table_is_ztsnr=alphas is not None and schedule.is_zero_terminal_snr(alphas),
+        builtin_ztsnr_option=getattr(opts, "sd_noise_schedule", "Default") == "Zero Terminal SNR",
+        downcast_alphas_cumprod=bool(getattr(opts, "use_downcasted_alpha_bar", False)),
+        is_edit_model=getattr(sd_model, "cond_stage_key", None) == "edit",
+        unsupported_reason=unsupported,
+        detection=detect_file(filename),
+    )
+
+
+def sampler_family(sampler: Any) -> str:
+    """k-diffusion (``KDiffusionSampler`` but not ``LCMSampler``), timestep (``CompVisSampler``) or other."""
+    names = {cls.__name__ for cls in type(sampler).__mro__}
+    if "LCMSampler" in names:
+        return OTHER
+    if "KDiffusionSampler" in names:
+        return KDIFFUSION
+    if "CompVisSampler" in names:
+        return TIMESTEP
+    return OTHER
+
+
+def sampler_facts(sampler: Any, opts: Any) -> SamplerFacts:
+    config = getattr(sampler, "config", None)
+    options = getattr(config, "options", None) or {}
+    discards = bool(
+        options.get("discard_next_to_last_sigma", False) or getattr(opts, "always_discard_next_to_last_sigma", False)
+    )
+    name = getattr(config, "name", None) or type(sampler).__name__
+    return SamplerFacts(name=name, family=sampler_family(sampler), discards_penultimate_sigma=discards)
+
+
+# --- applying a plan --------------------------------------------------------------------------------------------------
+
+
+def ztsnr_sigma_table(sd_model: Any, device: torch.device) -> torch.Tensor:
+    """The model's ZTSNR sigma table, from ``alphas_cumprod_original`` (never the fp16 or already-rescaled current one)."""
+    source = getattr(sd_model, "alphas_cumprod_original", None)
+    if source is None:
+        source = sd_model.alphas_cumprod
+    alphas = schedule.ztsnr_alphas_cumprod(source.detach().to("cpu", torch.float64), dtype=torch.float64)
+    return schedule.sigmas_from_alphas_cumprod(alphas).to(device=device, dtype=torch.float32)
+
+
+def install_sigma_table(model_wrap: Any, sigmas: torch.Tensor) -> None:
+    """Replace a k-diffusion ``DiscreteSchedule``'s ``sigmas``/``log_sigmas`` buffers on this instance only."""
+    model_wrap.sigmas = sigmas
+    model_wrap.log_sigmas = sigmas.log()
+    setattr(model_wrap, ATTR_TABLE, True)
+
+
+def build_denoiser(prediction: str, sd_model: Any, opts: Any) -> Any:
+    """A fresh k-diffusion wrapper of ``sd_model`` for ``prediction`` ("v" or "eps"), as the WebUI builds one."""
+    import k_diffusion.external
+
+    cls = k_diffusion.external.CompVisVDenoiser if prediction == "v" else k_diffusion.external.CompVisDenoiser
+    return cls(sd_model, quantize=bool(getattr(opts, "enable_quantization", False)))
+
+
+class TrailingSchedule:
+    """``p.sampler_noise_scheduler_override``: trailing sigmas from the pass's own (possibly ZTSNR) sigma table."""
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler = sampler
+
+    def __call__(self, steps: int) -> torch.Tensor:
+        return schedule.trailing_sigmas(self.sampler.model_wrap.sigmas.detach().cpu(), int(steps))
+
+
+def _restore_scheduler_override(p: Any) -> None:
+    if isinstance(getattr(p, "sampler_noise_scheduler_override", None), TrailingSchedule):
+        p.sampler_noise_scheduler_override = getattr(p, ATTR_SAVED_OVERRIDE, None)
+
+
+def _set_scheduler_override(p: Any, override: TrailingSchedule) -> None:
+    current = getattr(p, "sampler_noise_scheduler_override", None)
+    if not isinstance(current, TrailingSchedule):
+        setattr(p, ATTR_SAVED_OVERRIDE, current)
+    p.sampler_noise_scheduler_override = override
+
+
+def combine_with_rescale(
+    cfg_denoiser: Any, x_out: torch.Tensor, conds_list: Any, uncond: Any, cond_scale: float
+) -> torch.Tensor:
+    """The WebUI's ``combine_denoised``, then CFG rescale in v space with this step's noisy input and sigma."""
+    original = getattr(cfg_denoiser, ATTR_ORIGINAL_COMBINE)
+    denoised = original(x_out, conds_list, uncond, cond_scale)
+    plan: Plan | None = getattr(cfg_denoiser, ATTR_PLAN, None)
+    captured = getattr(cfg_denoiser, ATTR_CFG_PARAMS, None)
+    if plan is None or plan.cfg_rescale <= 0 or captured is None:
+        return denoised
+    batch = uncond.shape[0]
+    x, sigma = captured.x[-batch:], captured.sigma[-batch:]
+    if x.shape != denoised.shape or sigma.shape[0] != batch:
+        return denoised  # a layout this version does not know: leave plain CFG rather than guess
+    positive = guidance.positive_prediction(x_out, conds_list, x_out[-batch:])
+    return guidance.rescale_denoised(x, sigma, positive, denoised, plan.cfg_rescale)
+
+
+def _install_cfg_rescale(cfg_denoiser: Any) -> None:
+    if getattr(cfg_denoiser, ATTR_ORIGINAL_COMBINE, None) is None:
+        setattr(cfg_denoiser, ATTR_ORIGINAL_COMBINE, cfg_denoiser.combine_denoised)
+        cfg_denoiser.combine_denoised = functools.partial(combine_with_rescale, cfg_denoiser)
+
+
+def apply_plan(p: Any, plan: Plan, params: VPredParams, sd_model: Any, opts: Any) -> None:
+    """Apply ``plan`` to this pass's sampler (``p.sampler``) and ``p``. An inactive plan changes nothing but undoes
+    our own scheduler override from an earlier pass of the same ``p``."""
+    _restore_scheduler_override(p)
+    if not plan.active:
+        return
+    sampler = p.sampler
+    cfg = sampler.model_wrap_cfg
+    if plan.override_prediction is not None:
+        wrapper = build_denoiser(plan.override_prediction, sd_model, opts)
+        cfg.model_wrap = wrapper
+        sampler.model_wrap = wrapper
+    if plan.install_ztsnr_table:
+        mw = sampler.model_wrap
+        install_sigma_table(mw, ztsnr_sigma_table(sd_model, mw.sigmas.device))
+    if plan.trailing:
+        _set_scheduler_override(p, TrailingSchedule(sampler))
+    setattr(cfg, ATTR_PLAN, plan)
+    setattr(cfg, ATTR_PARAMS, params)
+    if plan.cfg_rescale > 0:
+        _install_cfg_rescale(cfg)
+    p.extra_generation_params.update(plan.infotext())
+
+
+def restore_p(p: Any) -> None:
+    """Undo what :func:`apply_plan` left on ``p`` (called from ``postprocess``)."""
+    _restore_scheduler_override(p)
+
+
+def on_cfg_denoiser(params: Any, *, sd_model_getter: Any, opts: Any) -> None:
+    """``script_callbacks.on_cfg_denoiser``: remember this step's inputs; re-plan after a refiner switch.
+
+    Returns at once for denoisers we did not touch (eps checkpoints, disabled, other samplers).
+    """
+    denoiser = getattr(params, "denoiser", None)
+    plan = getattr(denoiser, ATTR_PLAN, None)
+    if plan is None:
+        return
+    setattr(denoiser, ATTR_CFG_PARAMS, params)
+    if denoiser.model_wrap is None:
+        # The refiner was just loaded (sd_samplers_common.apply_refiner -> update_inner_model): follow its own detection.
+        sd_model = sd_model_getter()
+        vparams = getattr(denoiser, ATTR_PARAMS)
+        new_plan = decide(vparams, model_facts(sd_model, opts), sampler_facts(denoiser.sampler, opts))
+        wrapper = denoiser.inner_model  # the WebUI builds the refiner's own wrapper
+        if new_plan.active:
+            if new_plan.override_prediction is not None:
+                wrapper = build_denoiser(new_plan.override_prediction, sd_model, opts)
+                denoiser.model_wrap = wrapper
+            if new_plan.install_ztsnr_table:
+                install_sigma_table(wrapper, ztsnr_sigma_table(sd_model, wrapper.sigmas.device))
+            if new_plan.cfg_rescale > 0:
+                _install_cfg_rescale(denoiser)
+        setattr(denoiser, ATTR_PLAN, new_plan if new_plan.active else Plan(active=False))

@@ -1,0 +1,113 @@
+"""sd-webui-vpred: v-prediction + zero terminal SNR + trailing spacing + CFG rescale for the A1111 WebUI.
+
+Thin entry point: the UI is built from ``lib_vpred.params``, decisions come from ``lib_vpred.plan.decide`` and are
+applied per sampling pass by ``lib_vpred.webui.hooks`` to objects that die with the pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from typing import Any
+
+from modules import script_callbacks, scripts, shared
+from modules.ui_components import InputAccordion
+
+from lib_vpred import params as vp
+from lib_vpred.plan import SamplerFacts, decide
+from lib_vpred.webui import api, hooks, ui
+
+logger = logging.getLogger("vpred")
+LOG_PREFIX = "[VPred]"
+#: Warnings already printed to the console, so each is said once per checkpoint (process lifetime, not request state).
+_warned: set[tuple[str, str]] = set()
+
+
+class VPredArgumentError(vp.ParamError):
+    """Invalid script arguments. ``status_code`` makes the WebUI's API answer 422 with this message."""
+
+    def __init__(self, error: vp.ParamError) -> None:
+        super().__init__(error.field, str(error).split(": ", 1)[-1])
+        self.status_code = 422
+        self.detail = f"{LOG_PREFIX} invalid alwayson_scripts args for '{VPredScript.TITLE.lower()}': {self}"
+
+
+def _fail_generation(error: VPredArgumentError, *args: Any, **kwargs: Any) -> Any:
+    raise error
+
+
+def _status_text(*values: Any) -> str:
+    """The panel's status line for the loaded checkpoint and the given control values."""
+    try:
+        settings = vp.from_args(values)
+    except vp.ParamError as e:
+        return f"invalid setting: {e}"
+    sd_model = shared.sd_model
+    if sd_model is None:
+        return "no checkpoint loaded"
+    facts = hooks.model_facts(sd_model, shared.opts)
+    plan = decide(settings, facts, SamplerFacts(name="k-diffusion samplers"))
+    tail = "; DDIM, PLMS, UniPC, LCM: unchanged (not supported yet)" if plan.active else ""
+    return f"{facts.name}: {plan.status()}{tail}"
+
+
+def _api_status() -> dict[str, Any]:
+    sd_model = shared.sd_model
+    if sd_model is None:
+        return {"checkpoint": None, "status": "no checkpoint loaded"}
+    facts = hooks.model_facts(sd_model, shared.opts)
+    detection = facts.detection
+    return {
+        "checkpoint": facts.name,
+        "webui_prediction": facts.webui_prediction,
+        "detection": dataclasses.asdict(detection) if detection is not None else None,
+        "status": decide(vp.defaults(), facts, SamplerFacts()).status(),
+    }
+
+
+class VPredScript(scripts.Script):
+    TITLE = "VPred"
+
+    def title(self) -> str:
+        return self.TITLE
+
+    def show(self, is_img2img: bool) -> Any:
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img: bool) -> list[Any]:
+        return ui.build(self, is_img2img, InputAccordion, _status_text)
+
+    def process(self, p: Any, *args: Any) -> None:
+        try:
+            p._vpred_params = vp.from_args(args)
+        except vp.ParamError as e:
+            error = VPredArgumentError(e)
+            p._vpred_params = None
+            print(f"{LOG_PREFIX} {error.detail}; the generation is stopped before sampling.")
+            # Script hooks' exceptions are only logged by the WebUI; failing the sampling call instead makes the
+            # request fail cleanly (HTTP 422 with this message for the API) and leaves nothing behind.
+            p.sample = functools.partial(_fail_generation, error)
+
+    def process_before_every_sampling(self, p: Any, *args: Any, **kwargs: Any) -> None:
+        settings = getattr(p, "_vpred_params", None)
+        if settings is None:
+            return
+        sd_model = shared.sd_model
+        plan = decide(settings, hooks.model_facts(sd_model, shared.opts), hooks.sampler_facts(p.sampler, shared.opts))
+        hooks.apply_plan(p, plan, settings, sd_model, shared.opts)
+        name = getattr(getattr(sd_model, "sd_checkpoint_info", None), "name", "?")
+        for warning in plan.warnings:
+            if (name, warning) not in _warned:
+                _warned.add((name, warning))
+                print(f"{LOG_PREFIX} {name}: {warning}")
+
+    def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
+        hooks.restore_p(p)
+
+
+script_callbacks.on_cfg_denoiser(
+    functools.partial(hooks.on_cfg_denoiser, sd_model_getter=lambda: shared.sd_model, opts=shared.opts),
+    name="vpred_capture",
+)
+script_callbacks.on_app_started(lambda _demo, app: api.register_routes(app, _api_status), name="vpred_api")

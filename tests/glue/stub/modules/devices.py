@@ -1,0 +1,4 @@
+import torch
+
+cpu = torch.device("cpu")
+device = cpu
