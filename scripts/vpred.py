@@ -84,7 +84,7 @@ class VPredScript(scripts.Script):
         except vp.ParamError as e:
             error = VPredArgumentError(e)
             p._vpred_params = None
-            print(f"{LOG_PREFIX} {error.detail}; the generation is stopped before sampling.")
+            print(f"{error.detail}; the generation is stopped before sampling.")
             # Script hooks' exceptions are only logged by the WebUI; failing the sampling call instead makes the
             # request fail cleanly (HTTP 422 with this message for the API) and leaves nothing behind.
             p.sample = functools.partial(_fail_generation, error)

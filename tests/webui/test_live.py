@@ -1,0 +1,172 @@
+"""Live tier: sd-webui-vpred inside a real, running AUTOMATIC1111 WebUI, over HTTP.
+
+Skipped unless ``VPRED_WEBUI_URL`` is set (e.g. ``http://127.0.0.1:7860``). The WebUI must run with ``--api``, this
+extension installed, and the two tiny checkpoints from ``tests/webui/tiny_models.py`` (titles from
+``VPRED_WEBUI_VPRED`` / ``VPRED_WEBUI_EPS``, default ``tiny-vpred`` / ``tiny-eps``). ``VPRED_WEBUI_LOG`` may name the
+WebUI's log file, to check that the extension loaded without errors. See ``tests/webui/README.md``.
+Only the given URL is contacted (it should be a loopback address).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+
+URL = os.environ.get("VPRED_WEBUI_URL", "").rstrip("/")
+VPRED = os.environ.get("VPRED_WEBUI_VPRED", "tiny-vpred")
+EPS = os.environ.get("VPRED_WEBUI_EPS", "tiny-eps")
+LOG = os.environ.get("VPRED_WEBUI_LOG")
+TIMEOUT = float(os.environ.get("VPRED_WEBUI_TIMEOUT", "600"))
+
+pytestmark = [pytest.mark.webui, pytest.mark.skipif(not URL, reason="set VPRED_WEBUI_URL to run the live tier")]
+
+SMALL = {"width": 64, "height": 64, "steps": 4, "cfg_scale": 7.0, "seed": 1234, "sampler_name": "Euler"}
+
+
+def call(path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(URL + path, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as e:
+        payload = e.read()
+        try:
+            return e.code, json.loads(payload)
+        except ValueError:
+            return e.code, payload.decode(errors="replace")
+
+
+def generate(kind: str, checkpoint: str, vpred: Any = None, **fields: Any) -> dict[str, Any]:
+    body = {**SMALL, **fields, "override_settings": {"sd_model_checkpoint": checkpoint}}
+    if vpred is not None:
+        body["alwayson_scripts"] = {"vpred": {"args": vpred}}
+    status, out = call(f"/sdapi/v1/{kind}", body)
+    assert status == 200, out
+    out["info"] = json.loads(out["info"])
+    # An unknown checkpoint override is silently dropped by the WebUI (processing.py:828-830): make sure it took.
+    assert out["info"]["sd_model_name"] == checkpoint, out["info"]["sd_model_name"]
+    return out
+
+
+def infotext(out: dict[str, Any]) -> str:
+    return out["info"]["infotexts"][0]
+
+
+def test_script_is_listed_for_both_tabs():
+    status, scripts = call("/sdapi/v1/scripts")
+    assert status == 200
+    assert "vpred" in scripts["txt2img"]
+    assert "vpred" in scripts["img2img"]
+
+
+def test_log_has_no_extension_errors():
+    if not LOG:
+        pytest.skip("set VPRED_WEBUI_LOG to check the WebUI log")
+    with open(LOG, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    bad = [
+        line
+        for line in text.splitlines()
+        if ("vpred" in line.lower() and ("error" in line.lower() or "traceback" in line.lower()))
+    ]
+    assert not bad, bad
+
+
+def test_schema_and_validate_endpoints():
+    status, schema = call("/vpred/v1/schema")
+    assert status == 200
+    assert schema["positional_order"][:5] == ["enabled", "prediction", "ztsnr", "spacing", "cfg_rescale"]
+    status, good = call("/vpred/v1/validate", {"args": {"cfg_rescale": 0.25}})
+    assert (status, good["params"]["cfg_rescale"]) == (200, 0.25)
+    status, bad = call("/vpred/v1/validate", {"args": [True, "Auto", "Auto", "Trailing", 3]})
+    assert status == 422
+    assert bad["field"] == "cfg_rescale"
+
+
+def test_vpred_txt2img_defaults_write_infotext():
+    out = generate("txt2img", VPRED)
+    text = infotext(out)
+    assert "VPred prediction: v-prediction (auto)" in text
+    assert "VPred ZTSNR: on (auto)" in text
+    assert "VPred spacing: trailing" in text
+    assert "VPred CFG rescale: 0.7" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([{"cfg_rescale": 0.3}], "VPred CFG rescale: 0.3"),
+        ([True, "Auto", "Auto", "Trailing", 0.45], "VPred CFG rescale: 0.45"),
+        ([True, "v-prediction", "On"], "VPred ZTSNR: on,"),
+    ],
+)
+def test_both_api_arg_forms(args, expected):
+    out = generate("txt2img", VPRED, vpred=args)
+    assert expected in infotext(out) + ","
+
+
+def test_vpred_batch_hires_and_img2img():
+    out = generate(
+        "txt2img", VPRED, batch_size=2, enable_hr=True, hr_scale=1.5, hr_second_pass_steps=3, denoising_strength=0.5
+    )
+    assert len(out["images"]) == 2
+    assert "VPred ZTSNR: on (auto)" in infotext(out)
+    img = generate("img2img", VPRED, init_images=[out["images"][0]], denoising_strength=0.5)
+    assert "VPred spacing: trailing" in infotext(img)
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        ([{"cfg_rescale": 1.5}], "cfg_rescale"),
+        ([{"phi": 0.5}], "phi"),
+        ([True, "maybe"], "prediction"),
+        (["yes"], "enabled"),
+    ],
+)
+def test_bad_input_fails_cleanly_and_server_keeps_serving(args, field):
+    body = {
+        **SMALL,
+        "override_settings": {"sd_model_checkpoint": VPRED},
+        "alwayson_scripts": {"vpred": {"args": args}},
+    }
+    status, out = call("/sdapi/v1/txt2img", body)
+    assert status == 422, out
+    assert field in json.dumps(out)
+    assert "VPred CFG rescale: 0.7" in infotext(generate("txt2img", VPRED))
+
+
+def test_eps_twin_is_byte_identical_enabled_or_disabled():
+    enabled = generate("txt2img", EPS)
+    disabled = generate("txt2img", EPS, vpred=[False])
+    assert base64.b64decode(enabled["images"][0]) == base64.b64decode(disabled["images"][0])
+    assert "VPred" not in infotext(enabled)
+    en2 = generate("img2img", EPS, init_images=[enabled["images"][0]], denoising_strength=0.6)
+    dis2 = generate("img2img", EPS, init_images=[enabled["images"][0]], denoising_strength=0.6, vpred=[False])
+    assert en2["images"][0] == dis2["images"][0]
+
+
+def test_vpred_changes_the_image_and_disabling_restores_stock():
+    on = generate("txt2img", VPRED)
+    off = generate("txt2img", VPRED, vpred=[False])
+    assert on["images"][0] != off["images"][0]
+    assert "VPred" not in infotext(off)
+
+
+def test_infotext_round_trip_restores_the_controls():
+    first = generate("txt2img", VPRED, vpred=[{"ztsnr": "On", "cfg_rescale": 0.35}])
+    text = infotext(first)
+    assert "VPred CFG rescale: 0.35" in text
+    body = {**SMALL, "infotext": text, "override_settings": {"sd_model_checkpoint": VPRED}}
+    status, again = call("/sdapi/v1/txt2img", body)
+    assert status == 200, again
+    again_text = json.loads(again["info"])["infotexts"][0]
+    assert "VPred CFG rescale: 0.35" in again_text
+    assert "VPred ZTSNR: on" in again_text
