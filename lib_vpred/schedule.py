@@ -19,7 +19,7 @@ logger = logging.getLogger("vpred")
 ZTSNR_TERMINAL_ALPHA_BAR = 4.8973451890853435e-08
 
 #: Below this terminal alpha-bar a table is treated as already zero-terminal-SNR (SNR_T = a/(1-a) < 1e-6).
-#: Stock SD has 4.68e-3 (paper Table 1); a ZTSNR table has 0 or ``ZTSNR_TERMINAL_ALPHA_BAR``.
+#: Stock SD has alpha_bar_T = 4.66e-3 (SNR_T = 4.68e-3, paper Table 1); a ZTSNR table has 0 or ``ZTSNR_TERMINAL_ALPHA_BAR``.
 ZERO_SNR_THRESHOLD = 1e-6
 
 #: Number of training timesteps of every SD1/SD2/SDXL checkpoint (LDM ``timesteps: 1000``).

@@ -1,0 +1,195 @@
+"""The per-pass decision (lib_vpred.plan.decide): every rule of the WebUI integration, without the WebUI."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from lib_vpred import params as vp
+from lib_vpred.plan import KDIFFUSION, OTHER, TIMESTEP, ModelFacts, SamplerFacts, decide
+
+
+@dataclasses.dataclass(frozen=True)
+class Det:
+    prediction: str | None = None
+    ztsnr: bool | None = None
+    family: str = "unknown"
+    reasons: tuple[str, ...] = ()
+
+
+DEFAULTS = vp.defaults()
+EULER = SamplerFacts("Euler", KDIFFUSION)
+SD1_V = ModelFacts(
+    name="fluffy", webui_prediction="v", webui_prediction_reason="YAML beside the checkpoint", family="SD1"
+)
+SD1_EPS = ModelFacts(name="eps", webui_prediction="eps", family="SD1")
+SDXL_KEYS = ModelFacts(
+    name="noob",
+    webui_prediction="eps",
+    family="SDXL",
+    detection=Det("v", True, "SDXL", ("safetensors key 'v_pred' present",)),
+)
+
+
+def test_sd1_vpred_defaults_apply_everything():
+    plan = decide(DEFAULTS, SD1_V, EULER)
+    assert plan.active
+    assert (plan.prediction, plan.ztsnr, plan.install_ztsnr_table, plan.trailing, plan.cfg_rescale) == (
+        "v",
+        True,
+        True,
+        True,
+        0.7,
+    )
+    assert plan.override_prediction is None  # the WebUI already samples it as v
+    assert plan.infotext() == {
+        "VPred prediction": "v-prediction (auto)",
+        "VPred ZTSNR": "on (auto)",
+        "VPred spacing": "trailing",
+        "VPred CFG rescale": 0.7,
+    }
+    status = plan.status()
+    assert status.startswith("v-pred + ZTSNR (YAML beside the checkpoint; SD1 v-pred assumed ZTSNR)")
+    assert "first step at t=999" in status
+    assert "phi 0.7" in status
+
+
+@pytest.mark.parametrize(
+    "sampler", [SamplerFacts("Euler", KDIFFUSION), SamplerFacts("DDIM", TIMESTEP), SamplerFacts("LCM", OTHER)]
+)
+@pytest.mark.parametrize(
+    "settings",
+    [
+        DEFAULTS,
+        DEFAULTS.replace(cfg_rescale=1.0),
+        DEFAULTS.replace(spacing="Schedule type"),
+        DEFAULTS.replace(ztsnr="Off"),
+    ],
+)
+def test_eps_checkpoint_with_auto_is_never_touched(settings, sampler):
+    for model in (SD1_EPS, dataclasses.replace(SD1_EPS, table_is_ztsnr=True, builtin_ztsnr_option=True)):
+        plan = decide(settings, model, sampler)
+        assert not plan.active
+        assert plan.infotext() == {}
+
+
+def test_disabled_changes_nothing():
+    plan = decide(DEFAULTS.replace(enabled=False), SD1_V, EULER)
+    assert not plan.active
+    assert plan.status() == "disabled"
+
+
+def test_sdxl_v_pred_key_without_yaml_is_sampled_as_v_with_ztsnr_from_key():
+    plan = decide(DEFAULTS, SDXL_KEYS, EULER)
+    assert plan.active
+    assert plan.override_prediction == "v"
+    assert plan.ztsnr
+    assert "checkpoint says ZTSNR" in plan.reasons
+
+
+def test_forced_eps_on_keyed_checkpoint_is_inactive():
+    plan = decide(DEFAULTS.replace(prediction="eps"), SDXL_KEYS, EULER)
+    assert not plan.active
+
+
+def test_forced_v_on_eps_checkpoint_overrides_the_wrapper():
+    plan = decide(DEFAULTS.replace(prediction="v-prediction"), SD1_EPS, EULER)
+    assert plan.active
+    assert plan.override_prediction == "v"
+    assert plan.infotext()["VPred prediction"] == "v-prediction"
+    assert plan.ztsnr  # SD1 v-pred assumed ZTSNR
+
+
+def test_forcing_ztsnr_on_an_eps_checkpoint_warns_and_keeps_phi_off():
+    plan = decide(DEFAULTS.replace(ztsnr="On"), SD1_EPS, EULER)
+    assert plan.active
+    assert plan.prediction == "eps"
+    assert plan.cfg_rescale == 0.0
+    assert any("eps" in w for w in plan.warnings)
+    assert plan.infotext()["VPred ZTSNR"] == "on"
+
+
+def test_sd2_v_is_not_ztsnr_by_default_and_unknown_family_warns():
+    sd2 = dataclasses.replace(SD1_V, family="SD2")
+    plan = decide(DEFAULTS, sd2, EULER)
+    assert plan.active
+    assert not plan.ztsnr
+    assert not plan.install_ztsnr_table
+    assert "VPred ZTSNR" not in plan.infotext()
+    unknown = dataclasses.replace(SD1_V, family="unknown")
+    assert any("without ZTSNR evidence" in w for w in decide(DEFAULTS, unknown, EULER).warnings)
+
+
+def test_detection_evidence_beats_the_family_rule():
+    says_no = dataclasses.replace(SD1_V, detection=Det("v", False, "SD1", ()))
+    plan = decide(DEFAULTS, says_no, EULER)
+    assert not plan.ztsnr
+
+
+def test_builtin_ztsnr_option_is_not_applied_twice():
+    model = dataclasses.replace(SD1_V, table_is_ztsnr=True, builtin_ztsnr_option=True)
+    plan = decide(DEFAULTS, model, EULER)
+    assert plan.ztsnr
+    assert not plan.install_ztsnr_table
+    assert plan.infotext()["VPred ZTSNR"] == "built-in"
+    assert "(built-in setting)" in plan.status()
+
+
+def test_builtin_option_with_ztsnr_off_warns_that_it_still_applies():
+    model = dataclasses.replace(SD1_V, table_is_ztsnr=True, builtin_ztsnr_option=True)
+    plan = decide(DEFAULTS.replace(ztsnr="Off"), model, EULER)
+    assert not plan.ztsnr
+    assert any("still applies" in w for w in plan.warnings)
+
+
+def test_downcast_option_is_reported():
+    model = dataclasses.replace(SD1_V, downcast_alphas_cumprod=True)
+    plan = decide(DEFAULTS, model, EULER)
+    assert plan.install_ztsnr_table
+    assert any("Downcast" in w for w in plan.warnings)
+
+
+@pytest.mark.parametrize(
+    "sampler", [SamplerFacts("DDIM", TIMESTEP), SamplerFacts("UniPC", TIMESTEP), SamplerFacts("LCM", OTHER)]
+)
+def test_unsupported_samplers_run_unchanged_and_say_so(sampler):
+    plan = decide(DEFAULTS, SD1_V, sampler)
+    assert not plan.active
+    assert f"sampler {sampler.name} is not supported yet" in plan.status()
+
+
+def test_discarding_sampler_warns_about_trailing():
+    plan = decide(DEFAULTS, SD1_V, SamplerFacts("DPM2", KDIFFUSION, discards_penultimate_sigma=True))
+    assert any("penultimate" in w for w in plan.warnings)
+
+
+def test_edit_models_get_no_rescale():
+    plan = decide(DEFAULTS, dataclasses.replace(SD1_V, is_edit_model=True), EULER)
+    assert plan.cfg_rescale == 0.0
+    assert "VPred CFG rescale" not in plan.infotext()
+
+
+def test_unsupported_model_is_left_alone():
+    plan = decide(DEFAULTS, dataclasses.replace(SD1_V, unsupported_reason="SD3 is a flow-matching model"), EULER)
+    assert not plan.active
+    assert "SD3" in plan.status()
+
+
+def test_spacing_schedule_type_and_phi_zero_are_recorded_as_not_applied():
+    plan = decide(DEFAULTS.replace(spacing="Schedule type", cfg_rescale=0.0), SD1_V, EULER)
+    assert plan.active
+    assert not plan.trailing
+    assert plan.infotext().keys() == {"VPred prediction", "VPred ZTSNR"}
+    assert "schedule type as selected" in plan.status()
+    assert "no CFG rescale" in plan.status()
+
+
+def test_infotext_round_trips_through_params():
+    for settings in (DEFAULTS, DEFAULTS.replace(prediction="v-prediction", ztsnr="On", cfg_rescale=0.35)):
+        plan = decide(settings, SD1_V, EULER)
+        restored = vp.parse_infotext({k: str(v) for k, v in plan.infotext().items()})
+        assert restored["prediction"] == settings.prediction
+        assert restored["ztsnr"] == settings.ztsnr
+        assert restored["spacing"] == settings.spacing
+        assert restored["cfg_rescale"] == settings.cfg_rescale
