@@ -122,7 +122,8 @@ def _decide_prediction(params: VPredParams, model: ModelFacts) -> tuple[str, boo
     if model.webui_prediction == "v":
         return "v", True, [model.webui_prediction_reason or "WebUI samples it as v"]
     if det is not None and det.prediction == "v":
-        return "v", True, [r for r in det.reasons if "v" in r] or ["checkpoint flags v-prediction"]
+        # detect lists the reason for its prediction decision first
+        return "v", True, [det.reasons[0] if det.reasons else "checkpoint flags v-prediction"]
     return "eps", True, []
 
 
@@ -143,7 +144,13 @@ def _decide_ztsnr(params: VPredParams, model: ModelFacts, prediction: str) -> tu
         return True, True, ["schedule already zero-terminal-SNR"], []
     det = model.detection
     if det is not None and det.ztsnr is not None:
-        return det.ztsnr, True, ["checkpoint says ZTSNR" if det.ztsnr else "checkpoint says no ZTSNR"], []
+        evidence = next((r for r in det.reasons if "ztsnr" in r.lower() or "terminal" in r.lower()), None)
+        return (
+            det.ztsnr,
+            True,
+            [evidence or ("checkpoint says ZTSNR" if det.ztsnr else "checkpoint says no ZTSNR")],
+            [],
+        )
     family = det.family if det is not None and det.family != "unknown" else model.family
     if family == "SD1":
         # Every public SD1.x v-prediction checkpoint family (fluffyrock, EasyFluff, ...) was trained with ZTSNR.
