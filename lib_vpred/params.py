@@ -266,3 +266,65 @@ def parse_infotext(params: Mapping[str, str]) -> dict[str, Any]:
 def _parse_float(raw: Any) -> float | None:
     match = re.fullmatch(r"\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\s*", str(raw))
     return float(match.group(1)) if match else None
+
+
+# --- per-checkpoint overrides (Settings) ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointOverride:
+    """One Settings rule: checkpoints matching ``pattern`` are treated as ``prediction`` / ``ztsnr``."""
+
+    pattern: str
+    prediction: str | None = None  # "v" or "eps"
+    ztsnr: bool | None = None
+
+    def matches(self, *names: str | None) -> bool:
+        import fnmatch
+
+        pattern = self.pattern.lower()
+        return any(name and fnmatch.fnmatchcase(name.lower(), pattern) for name in names)
+
+
+_OVERRIDE_VALUES = {
+    "prediction": {"v": "v", "v-prediction": "v", "vpred": "v", "eps": "eps", "epsilon": "eps"},
+    "ztsnr": {"on": True, "true": True, "yes": True, "off": False, "false": False, "no": False},
+}
+
+
+def parse_checkpoint_overrides(text: str) -> tuple[list[CheckpointOverride], list[str]]:
+    """Parse the per-checkpoint override setting: one rule per line, ``<name, glob or hash>: key=value, ...``.
+
+    Keys: ``prediction`` (v / eps) and ``ztsnr`` (on / off). ``#`` starts a comment. Returns the rules and a message
+    per line that could not be used (never raises), e.g.
+    ``fluffyrock-*: prediction=v, ztsnr=on`` or ``a1b2c3d4e5: ztsnr=off``.
+    """
+    rules: list[CheckpointOverride] = []
+    problems: list[str] = []
+    for number, raw in enumerate((text or "").splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        pattern, sep, rest = line.rpartition(":")
+        pattern = pattern.strip()
+        if not sep or not pattern:
+            problems.append(f"line {number}: expected '<checkpoint>: prediction=v, ztsnr=on', got {raw.strip()!r}")
+            continue
+        values: dict[str, Any] = {}
+        for item in filter(None, (part.strip() for part in rest.split(","))):
+            key, eq, value = (s.strip().lower() for s in item.partition("="))
+            if not eq or key not in _OVERRIDE_VALUES or value not in _OVERRIDE_VALUES[key]:
+                problems.append(f"line {number}: {item!r} is not one of prediction=v|eps, ztsnr=on|off")
+                break
+            values[key] = _OVERRIDE_VALUES[key][value]
+        else:
+            if values:
+                rules.append(CheckpointOverride(pattern, values.get("prediction"), values.get("ztsnr")))
+            else:
+                problems.append(f"line {number}: no prediction= or ztsnr= given")
+    return rules, problems
+
+
+def find_checkpoint_override(rules: Sequence[CheckpointOverride], *names: str | None) -> CheckpointOverride | None:
+    """The first rule matching any of ``names`` (file name, model name, title, short hash, sha256)."""
+    return next((rule for rule in rules if rule.matches(*names)), None)

@@ -17,6 +17,11 @@ KDIFFUSION = "k-diffusion"
 TIMESTEP = "timestep"  # DDIM, DDIM CFG++, PLMS, UniPC (``CompVisSampler``)
 OTHER = "other"  # LCM and anything unknown
 
+#: Schedule types that, with the ZTSNR sigma_max ~ 4518.8, put most steps far above sigma 14.6 (peers.md section 10).
+WASTEFUL_UNDER_ZTSNR = frozenset({"Karras", "Exponential", "Polyexponential", "Beta"})
+#: Schedule types with fixed sigma tables that ignore the model's schedule (Align Your Steps starts at 14.615).
+IGNORES_TABLE = frozenset({"Align Your Steps", "Align Your Steps GITS", "Align Your Steps 11", "Align Your Steps 32"})
+
 
 class DetectionLike(Protocol):
     prediction: str | None
@@ -44,6 +49,10 @@ class ModelFacts:
     #: Models the extension never touches (SD3 builds its own flow-matching denoiser).
     unsupported_reason: str | None = None
     detection: DetectionLike | None = None
+    #: A Settings rule for this checkpoint (``params.CheckpointOverride``): beats detection when a control is Auto.
+    override: Any = None
+    #: Settings: treat an SD1 v-pred checkpoint without ZTSNR evidence as ZTSNR (the fluffyrock family is).
+    assume_sd1_ztsnr: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +61,10 @@ class SamplerFacts:
     family: str = KDIFFUSION
     #: The WebUI will drop the penultimate sigma (sampler default or "always discard" option).
     discards_penultimate_sigma: bool = False
+    #: The pass's schedule type label after resolving "Automatic" (e.g. "Karras"), or None for the sampler default.
+    scheduler: str | None = None
+    #: Other active CFG rescalers, by infotext key found on ``p`` (e.g. "CFG Rescale" of CFG_Rescale_webui).
+    other_cfg_rescalers: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +131,8 @@ def _decide_prediction(params: VPredParams, model: ModelFacts) -> tuple[str, boo
         return "v", False, ["prediction set to v"]
     if params.prediction == "eps":
         return "eps", False, ["prediction set to eps"]
+    if model.override is not None and model.override.prediction is not None:
+        return model.override.prediction, True, [f"Settings override '{model.override.pattern}'"]
     det = model.detection
     if model.webui_prediction == "v":
         return "v", True, [model.webui_prediction_reason or "WebUI samples it as v"]
@@ -140,6 +155,8 @@ def _decide_ztsnr(params: VPredParams, model: ModelFacts, prediction: str) -> tu
         return False, False, ["ZTSNR set off"], []
     if prediction != "v":
         return False, True, [], []  # Auto never acts on eps checkpoints, whatever else is configured
+    if model.override is not None and model.override.ztsnr is not None:
+        return model.override.ztsnr, True, [f"Settings override '{model.override.pattern}'"], []
     if model.table_is_ztsnr:
         return True, True, ["schedule already zero-terminal-SNR"], []
     det = model.detection
@@ -152,7 +169,7 @@ def _decide_ztsnr(params: VPredParams, model: ModelFacts, prediction: str) -> tu
             [],
         )
     family = det.family if det is not None and det.family != "unknown" else model.family
-    if family == "SD1":
+    if family == "SD1" and model.assume_sd1_ztsnr:
         # Every public SD1.x v-prediction checkpoint family (fluffyrock, EasyFluff, ...) was trained with ZTSNR.
         return True, True, ["SD1 v-pred assumed ZTSNR"], []
     if family == "SD2":
@@ -199,7 +216,21 @@ def decide(params: VPredParams, model: ModelFacts, sampler: SamplerFacts) -> Pla
     trailing = params.spacing == "Trailing"
     if trailing and sampler.discards_penultimate_sigma:
         warnings.append(f"{sampler.name} discards the penultimate sigma, so its trailing schedule has one step fewer")
+    if ztsnr and not trailing and sampler.scheduler in WASTEFUL_UNDER_ZTSNR:
+        warnings.append(
+            f"schedule type {sampler.scheduler} spends most steps at meaningless noise levels under ZTSNR: "
+            "set Timestep spacing to Trailing (or Schedule type to Simple, SGM Uniform or Trailing)"
+        )
+    if ztsnr and not trailing and sampler.scheduler in IGNORES_TABLE:
+        warnings.append(
+            f"schedule type {sampler.scheduler} uses fixed sigmas and ignores the ZTSNR table: set Timestep spacing to Trailing"
+        )
     phi = params.cfg_rescale if prediction == "v" or not prediction_auto else 0.0
+    if phi > 0 and sampler.other_cfg_rescalers:
+        warnings.append(
+            f"another CFG rescale is active ({', '.join(sampler.other_cfg_rescalers)}): it compounds with this one, "
+            "set one of them to 0"
+        )
     if phi > 0 and model.is_edit_model:
         warnings.append("CFG rescale is not applied to instruct-pix2pix (edit) models")
         phi = 0.0

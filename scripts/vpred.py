@@ -11,12 +11,12 @@ import functools
 import logging
 from typing import Any
 
-from modules import script_callbacks, scripts, shared
+from modules import script_callbacks, scripts, sd_schedulers, shared
 from modules.ui_components import InputAccordion
 
 from lib_vpred import params as vp
 from lib_vpred.plan import SamplerFacts, decide
-from lib_vpred.webui import api, hooks, ui
+from lib_vpred.webui import api, hooks, schedulers, settings, ui, xyz
 
 logger = logging.getLogger("vpred")
 LOG_PREFIX = "[VPred]"
@@ -40,14 +40,14 @@ def _fail_generation(error: VPredArgumentError, *args: Any, **kwargs: Any) -> An
 def _status_text(*values: Any) -> str:
     """The panel's status line for the loaded checkpoint and the given control values."""
     try:
-        settings = vp.from_args(values)
+        current = vp.from_args(values)
     except vp.ParamError as e:
         return f"invalid setting: {e}"
     sd_model = shared.sd_model
     if sd_model is None:
         return "no checkpoint loaded"
     facts = hooks.model_facts(sd_model, shared.opts)
-    plan = decide(settings, facts, SamplerFacts(name="k-diffusion samplers"))
+    plan = decide(current, facts, SamplerFacts(name="k-diffusion samplers"))
     tail = "; DDIM, PLMS, UniPC, LCM: unchanged (not supported yet)" if plan.active else ""
     return f"{facts.name}: {plan.status()}{tail}"
 
@@ -76,11 +76,11 @@ class VPredScript(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img: bool) -> list[Any]:
-        return ui.build(self, is_img2img, InputAccordion, _status_text)
+        return ui.build(self, is_img2img, InputAccordion, _status_text, settings.defaults(shared.opts))
 
     def process(self, p: Any, *args: Any) -> None:
         try:
-            p._vpred_params = vp.from_args(args)
+            p._vpred_params = vp.from_args(args).replace(**xyz.overrides(p))
         except vp.ParamError as e:
             error = VPredArgumentError(e)
             p._vpred_params = None
@@ -90,12 +90,14 @@ class VPredScript(scripts.Script):
             p.sample = functools.partial(_fail_generation, error)
 
     def process_before_every_sampling(self, p: Any, *args: Any, **kwargs: Any) -> None:
-        settings = getattr(p, "_vpred_params", None)
-        if settings is None:
+        current = getattr(p, "_vpred_params", None)
+        if current is None:
             return
         sd_model = shared.sd_model
-        plan = decide(settings, hooks.model_facts(sd_model, shared.opts), hooks.sampler_facts(p.sampler, shared.opts))
-        hooks.apply_plan(p, plan, settings, sd_model, shared.opts)
+        plan = decide(
+            current, hooks.model_facts(sd_model, shared.opts), hooks.sampler_facts(p.sampler, shared.opts, p)
+        )
+        hooks.apply_plan(p, plan, current, sd_model, shared.opts)
         name = getattr(getattr(sd_model, "sd_checkpoint_info", None), "name", "?")
         for warning in plan.warnings:
             if (name, warning) not in _warned:
@@ -111,3 +113,8 @@ script_callbacks.on_cfg_denoiser(
     name="vpred_capture",
 )
 script_callbacks.on_app_started(lambda _demo, app: api.register_routes(app, _api_status), name="vpred_api")
+script_callbacks.on_ui_settings(lambda: settings.register(shared.opts, shared.OptionInfo), name="vpred_settings")
+script_callbacks.on_before_ui(lambda: xyz.register(scripts.scripts_data), name="vpred_xyz")
+# A "Trailing" Schedule type, usable without the panel; removed again when the scripts are unloaded (Reload UI).
+schedulers.register(sd_schedulers)
+script_callbacks.on_script_unloaded(lambda: schedulers.unregister(sd_schedulers), name="vpred_unload")

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from lib_vpred import detect, guidance, schedule
-from lib_vpred.params import VPredParams
+from lib_vpred.params import LEGACY_CFG_RESCALE_KEYS, VPredParams, find_checkpoint_override, parse_checkpoint_overrides
 from lib_vpred.plan import KDIFFUSION, OTHER, TIMESTEP, ModelFacts, Plan, SamplerFacts, decide
 
 logger = logging.getLogger("vpred")
@@ -59,6 +59,25 @@ def _family(sd_model: Any) -> str:
     return "unknown"
 
 
+#: Settings keys (registered by scripts/vpred.py).
+OPT_OVERRIDES = "vpred_checkpoint_overrides"
+OPT_ASSUME_SD1_ZTSNR = "vpred_assume_sd1_ztsnr"
+
+
+def checkpoint_override(info: Any, opts: Any) -> Any:
+    """The first Settings override rule matching this checkpoint (by file name, name, title or hash), or None."""
+    rules, _problems = parse_checkpoint_overrides(getattr(opts, OPT_OVERRIDES, "") or "")
+    if not rules or info is None:
+        return None
+    filename = getattr(info, "filename", None)
+    names: list[Any] = []
+    if filename:
+        base = os.path.basename(filename)
+        names += [base, os.path.splitext(base)[0]]
+    names += [getattr(info, attr, None) for attr in ("name", "model_name", "title", "shorthash", "sha256", "hash")]
+    return find_checkpoint_override(rules, *[str(n) for n in names if n])
+
+
 def model_facts(sd_model: Any, opts: Any) -> ModelFacts:
     """Facts about the loaded model (``shared.sd_model``) and the options that affect its schedule."""
     info = getattr(sd_model, "sd_checkpoint_info", None)
@@ -95,6 +114,8 @@ def model_facts(sd_model: Any, opts: Any) -> ModelFacts:
         is_edit_model=getattr(sd_model, "cond_stage_key", None) == "edit",
         unsupported_reason=unsupported,
         detection=detect_file(filename),
+        override=checkpoint_override(info, opts),
+        assume_sd1_ztsnr=bool(getattr(opts, OPT_ASSUME_SD1_ZTSNR, True)),
     )
 
 
@@ -110,14 +131,54 @@ def sampler_family(sampler: Any) -> str:
     return OTHER
 
 
-def sampler_facts(sampler: Any, opts: Any) -> SamplerFacts:
+def scheduler_label(p: Any, sampler: Any) -> str | None:
+    """The pass's schedule type label as the WebUI resolves it (``KDiffusionSampler.get_sigmas``), or None."""
+    if getattr(p, "is_hr_pass", False):
+        name = getattr(p, "hr_scheduler", None) or "Automatic"
+    else:
+        name = getattr(p, "scheduler", None) or "Automatic"
+    if name == "Automatic":
+        options = getattr(getattr(sampler, "config", None), "options", None) or {}
+        name = options.get("scheduler")
+    if name is None:
+        return None
+    try:
+        from modules import sd_schedulers
+
+        scheduler = sd_schedulers.schedulers_map.get(name)
+    except ImportError:
+        scheduler = None
+    return scheduler.label if scheduler is not None else str(name)
+
+
+def other_cfg_rescalers(p: Any) -> tuple[str, ...]:
+    """Infotext keys of other extensions' CFG rescale written on ``p`` with a non-zero value (they compound)."""
+    found = []
+    params = getattr(p, "extra_generation_params", None) or {}
+    for key in LEGACY_CFG_RESCALE_KEYS:
+        try:
+            if key in params and float(params[key]) != 0:
+                found.append(f"{key}: {params[key]}")
+        except (TypeError, ValueError):
+            continue
+    return tuple(found)
+
+
+def sampler_facts(sampler: Any, opts: Any, p: Any = None) -> SamplerFacts:
+    """Facts about the pass's sampler; with ``p``, also its resolved schedule type and other active CFG rescalers."""
     config = getattr(sampler, "config", None)
     options = getattr(config, "options", None) or {}
     discards = bool(
         options.get("discard_next_to_last_sigma", False) or getattr(opts, "always_discard_next_to_last_sigma", False)
     )
     name = getattr(config, "name", None) or type(sampler).__name__
-    return SamplerFacts(name=name, family=sampler_family(sampler), discards_penultimate_sigma=discards)
+    return SamplerFacts(
+        name=name,
+        family=sampler_family(sampler),
+        discards_penultimate_sigma=discards,
+        scheduler=scheduler_label(p, sampler) if p is not None else None,
+        other_cfg_rescalers=other_cfg_rescalers(p) if p is not None else (),
+    )
 
 
 # --- applying a plan --------------------------------------------------------------------------------------------------

@@ -28,13 +28,13 @@ def sampler_family_by_name(name: str | None) -> str:
     return KDIFFUSION
 
 
-def infotext_reader(field: str) -> Callable[[dict[str, Any]], Any]:
+def infotext_reader(field: str, default: Any) -> Callable[[dict[str, Any]], Any]:
     """Paste handler for one control: the value from the infotext, or the default when the infotext has none of our
     keys (so an old image does not inherit the current settings)."""
 
     def read(infotext_params: dict[str, Any]) -> Any:
         found = vp.parse_infotext(infotext_params)
-        return found.get(field, vp.PARAMS_BY_NAME[field].default)
+        return found.get(field, default)
 
     return read
 
@@ -43,27 +43,37 @@ def status_html(text: str) -> str:
     return f"<p class='vpred-status'>{html.escape(text)}</p>"
 
 
-def build(script: Any, is_img2img: bool, input_accordion: type, status_fn: Callable[..., str]) -> list[Any]:
-    """Create the panel; returns the input components in :data:`lib_vpred.params.PARAMS` order."""
+def build(
+    script: Any,
+    is_img2img: bool,
+    input_accordion: type,
+    status_fn: Callable[..., str],
+    defaults: vp.VPredParams | None = None,
+) -> list[Any]:
+    """Create the panel; returns the input components in :data:`lib_vpred.params.PARAMS` order.
+
+    ``defaults`` (from Settings) are the controls' initial values; the API uses them for calls without our args.
+    """
     table = vp.PARAMS_BY_NAME
-    with input_accordion(table["enabled"].default, label=PANEL_LABEL, elem_id=script.elem_id("enabled")) as enabled:
+    defaults = defaults or vp.defaults()
+    with input_accordion(defaults.enabled, label=PANEL_LABEL, elem_id=script.elem_id("enabled")) as enabled:
         with gr.Row():
             prediction = gr.Radio(
                 list(table["prediction"].choices),
-                value=table["prediction"].default,
+                value=defaults.prediction,
                 label=table["prediction"].label,
                 elem_id=script.elem_id("prediction"),
             )
             ztsnr = gr.Radio(
                 list(table["ztsnr"].choices),
-                value=table["ztsnr"].default,
+                value=defaults.ztsnr,
                 label=table["ztsnr"].label,
                 elem_id=script.elem_id("ztsnr"),
             )
         with gr.Row():
             spacing = gr.Radio(
                 list(table["spacing"].choices),
-                value=table["spacing"].default,
+                value=defaults.spacing,
                 label=table["spacing"].label,
                 elem_id=script.elem_id("spacing"),
             )
@@ -71,7 +81,7 @@ def build(script: Any, is_img2img: bool, input_accordion: type, status_fn: Calla
                 minimum=table["cfg_rescale"].minimum,
                 maximum=table["cfg_rescale"].maximum,
                 step=table["cfg_rescale"].step,
-                value=table["cfg_rescale"].default,
+                value=defaults.cfg_rescale,
                 label=table["cfg_rescale"].label,
                 elem_id=script.elem_id("cfg_rescale"),
             )
@@ -92,7 +102,8 @@ def build(script: Any, is_img2img: bool, input_accordion: type, status_fn: Calla
 
     fields = [p.name for p in vp.PARAMS]
     script.infotext_fields = [
-        (component, infotext_reader(name)) for component, name in zip(controls, fields, strict=True)
+        (component, infotext_reader(name, getattr(defaults, name)))
+        for component, name in zip(controls, fields, strict=True)
     ]
     script.paste_field_names = [p.infotext_key for p in vp.PARAMS if p.infotext_key]
     script.vpred_status = status

@@ -36,10 +36,26 @@ class WebUI:
         self.errors = errors
         self.script_module = None
         self.runners = {}
+        from modules import script_callbacks, xyz_grid
+
+        self.xyz_grid = xyz_grid
+        self.script_callbacks = script_callbacks
+        # The WebUI's start-up order: load every script (the built-in XYZ script among them), before_ui callbacks,
+        # then create_ui: settings callbacks (ui_settings.register_settings), then each tab's script UIs.
+        scripts.scripts_data.append(
+            scripts.ScriptClassData(xyz_grid.Script, "scripts/xyz_grid.py", str(REPO), xyz_grid)
+        )
         if with_extension:
             spec = importlib.util.spec_from_file_location("vpred.py", REPO / "scripts" / "vpred.py")
             self.script_module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(self.script_module)
+            scripts.scripts_data.append(
+                scripts.ScriptClassData(
+                    self.script_module.VPredScript, "scripts/vpred.py", str(REPO), self.script_module
+                )
+            )
+        script_callbacks._run("before_ui")
+        script_callbacks._run("ui_settings")
         for is_img2img in (False, True):
             runner = scripts.ScriptRunner(is_img2img)
             if with_extension:

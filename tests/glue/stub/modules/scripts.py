@@ -5,10 +5,15 @@ generation goes on.
 """
 
 import re
+from collections import namedtuple
 
 from modules import errors
 
 AlwaysVisible = object()
+
+# scripts.py:379-381: every loaded script class with its module (the XYZ script's module is "xyz_grid.py").
+ScriptClassData = namedtuple("ScriptClassData", ["script_class", "path", "basedir", "module"])
+scripts_data = []
 
 
 class Script:

@@ -28,9 +28,42 @@ OPTION_DEFAULTS = {
 }
 
 
+class OptionInfo:
+    """modules/options.py:13: a setting's default, label, component and section."""
+
+    def __init__(
+        self,
+        default=None,
+        label="",
+        component=None,
+        component_args=None,
+        onchange=None,
+        section=None,
+        refresh=None,
+        comment_before="",
+        comment_after="",
+        infotext=None,
+        restrict_api=False,
+        category_id=None,
+    ):
+        self.default = default
+        self.label = label
+        self.component = component
+        self.component_args = component_args
+        self.section = section
+        self.do_not_save = False
+
+
 class Options:
     def __init__(self):
         object.__setattr__(self, "data", dict(OPTION_DEFAULTS))
+        object.__setattr__(self, "data_labels", {})
+
+    def add_option(self, key, info):
+        # options.py:256: a new option takes its default unless a value is stored already
+        self.data_labels[key] = info
+        if key not in self.data and not info.do_not_save:
+            self.data[key] = info.default
 
     def __getattr__(self, item):
         data = object.__getattribute__(self, "data")
@@ -46,7 +79,8 @@ class Options:
         return True
 
     def get_default(self, key):
-        return OPTION_DEFAULTS.get(key)
+        info = self.data_labels.get(key)
+        return info.default if info is not None else OPTION_DEFAULTS.get(key)
 
 
 class State:

@@ -1,0 +1,68 @@
+"""The Settings section "V-Prediction / ZTSNR": the panel's defaults and per-checkpoint overrides.
+
+Defaults are one option per parameter (``vpred_default_<name>``), driven by the parameter table; the panel starts
+from them and so does every API request that does not mention the script. An invalid stored value falls back to
+the built-in default instead of breaking the UI.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lib_vpred import params as vp
+from lib_vpred.webui.hooks import OPT_ASSUME_SD1_ZTSNR, OPT_OVERRIDES
+
+SECTION = ("vpred", "V-Prediction / ZTSNR")
+OVERRIDES_HELP = (
+    "One rule per line: <checkpoint name, glob or short hash>: prediction=v|eps, ztsnr=on|off. "
+    "Example: fluffyrock-*: prediction=v, ztsnr=on. Applies when the panel's controls are Auto."
+)
+
+
+def option_key(param: vp.Param) -> str:
+    return f"vpred_default_{param.name}"
+
+
+def defaults(opts: Any) -> vp.VPredParams:
+    """The panel's defaults from Settings (each invalid or missing value falls back to the table's default)."""
+    values = {}
+    for param in vp.PARAMS:
+        raw = getattr(opts, option_key(param), param.default) if opts is not None else param.default
+        try:
+            values[param.name] = param.validate(raw)
+        except vp.ParamError:
+            values[param.name] = param.default
+    return vp.VPredParams(**values)
+
+
+def register(opts: Any, option_info: type) -> None:
+    """Add the options (``on_ui_settings``). Component classes are gradio's, imported here to keep the core pure."""
+    import gradio as gr
+
+    for param in vp.PARAMS:
+        if param.kind is bool:
+            component, args = gr.Checkbox, {}
+        elif param.choices:
+            component, args = gr.Radio, {"choices": list(param.choices)}
+        else:
+            component, args = gr.Slider, {"minimum": param.minimum, "maximum": param.maximum, "step": param.step}
+        label = (
+            f"Default: {param.label}"
+            if param.name != "enabled"
+            else "Enable the panel by default (also for API calls)"
+        )
+        opts.add_option(option_key(param), option_info(param.default, label, component, args, section=SECTION))
+    opts.add_option(
+        OPT_ASSUME_SD1_ZTSNR,
+        option_info(
+            True,
+            "Auto: treat an SD1 v-prediction checkpoint without ZTSNR evidence as ZTSNR (the fluffyrock family is)",
+            gr.Checkbox,
+            {},
+            section=SECTION,
+        ),
+    )
+    opts.add_option(
+        OPT_OVERRIDES,
+        option_info("", f"Per-checkpoint overrides. {OVERRIDES_HELP}", gr.Textbox, {"lines": 4}, section=SECTION),
+    )
