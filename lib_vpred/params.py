@@ -148,6 +148,8 @@ PARAMS: tuple[Param, ...] = (
 )
 
 PARAMS_BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}
+#: Every infotext key this extension writes.
+INFOTEXT_KEYS: frozenset[str] = frozenset(p.infotext_key for p in PARAMS if p.infotext_key)
 
 
 @dataclasses.dataclass(frozen=True)
