@@ -11,6 +11,7 @@ import functools
 import logging
 from typing import Any
 
+from fastapi.exceptions import HTTPException
 from modules import script_callbacks, scripts, sd_schedulers, shared
 from modules.ui_components import InputAccordion
 
@@ -24,13 +25,19 @@ LOG_PREFIX = "[VPred]"
 _warned: set[tuple[str, str]] = set()
 
 
-class VPredArgumentError(vp.ParamError):
-    """Invalid script arguments. ``status_code`` makes the WebUI's API answer 422 with this message."""
+class VPredArgumentError(vp.ParamError, HTTPException):
+    """Invalid script arguments. As an ``HTTPException`` with status 422 the WebUI's API answers 422 with this message
+    (``api.py`` ``handle_exception`` reads ``status_code`` and ``detail``) and logs it without a traceback."""
 
     def __init__(self, error: vp.ParamError) -> None:
-        super().__init__(error.field, str(error).split(": ", 1)[-1])
-        self.status_code = 422
-        self.detail = f"{LOG_PREFIX} invalid alwayson_scripts args for '{VPredScript.TITLE.lower()}': {self}"
+        vp.ParamError.__init__(self, error.field, str(error).split(": ", 1)[-1])
+        message = str(error)
+        HTTPException.__init__(self, status_code=422, detail=message)
+        self.field = error.field
+        self.log_line = f"{LOG_PREFIX} invalid alwayson_scripts args for '{VPredScript.TITLE.lower()}': {message}"
+
+    def __str__(self) -> str:
+        return str(self.detail)
 
 
 def _fail_generation(error: VPredArgumentError, *args: Any, **kwargs: Any) -> Any:
@@ -78,6 +85,11 @@ class VPredScript(scripts.Script):
     def ui(self, is_img2img: bool) -> list[Any]:
         return ui.build(self, is_img2img, InputAccordion, _status_text, settings.defaults(shared.opts))
 
+    def after_component(self, component: Any, **kwargs: Any) -> None:
+        # The schedule preview follows the tab's steps / sampler / schedule type / denoising strength components,
+        # whether the WebUI creates them before or after our panel (lib_vpred.webui.ui.capture_component).
+        ui.capture_component(self, component)
+
     def process(self, p: Any, *args: Any) -> None:
         # Start the job without our infotext keys, in a dict of this p's own: the XYZ script shallow-copies p, so
         # every cell shares one extra_generation_params and a key from an earlier cell would otherwise leak.
@@ -87,7 +99,7 @@ class VPredScript(scripts.Script):
         except vp.ParamError as e:
             error = VPredArgumentError(e)
             p._vpred_params = None
-            print(f"{error.detail}; the generation is stopped before sampling.")
+            print(f"{error.log_line}; the generation is stopped before sampling.")
             # Script hooks' exceptions are only logged by the WebUI; failing the sampling call instead makes the
             # request fail cleanly (HTTP 422 with this message for the API) and leaves nothing behind.
             p.sample = functools.partial(_fail_generation, error)
