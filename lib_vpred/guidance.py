@@ -186,6 +186,10 @@ def combine_conds(x_out: torch.Tensor, conds_list: CondsList, uncond: torch.Tens
     dtype = _compute_dtype(x_out, uncond)
     out = uncond.to(dtype).clone()
     for i, conds in enumerate(conds_list):
+        if len(conds) == 1 and conds[0][1] * cond_scale == 1:
+            # uncond + 1 * (cond - uncond) is the cond row itself: take it exactly, not to rounding error.
+            out[i] = x_out[conds[0][0]].to(dtype)
+            continue
         for cond_index, weight in conds:
             out[i] += (x_out[cond_index].to(dtype) - uncond[i].to(dtype)) * (weight * cond_scale)
     return out.to(x_out.dtype)

@@ -162,9 +162,16 @@ class VPredParams:
     spacing: str = "Trailing"
     cfg_rescale: float = 0.7
 
+    def __post_init__(self) -> None:
+        # Validate and normalise every field, however the object was built (e.g. "on" -> "On", 1 -> 1.0).
+        for field in dataclasses.fields(self):
+            object.__setattr__(self, field.name, _param(field.name).validate(getattr(self, field.name)))
+
     def replace(self, **changes: Any) -> VPredParams:
         """A copy with ``changes`` validated and applied."""
-        return dataclasses.replace(self, **{k: _param(k).validate(v) for k, v in changes.items()})
+        for key in changes:
+            _param(key)  # unknown fields are a ParamError naming them, not a TypeError
+        return dataclasses.replace(self, **changes)
 
 
 def _param(name: str) -> Param:

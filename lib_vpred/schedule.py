@@ -63,6 +63,13 @@ def alphas_cumprod_from_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
     return (1.0 / (1.0 + s * s)).to(out_dtype)
 
 
+def _check_table(alphas_cumprod: torch.Tensor) -> None:
+    if alphas_cumprod.ndim != 1 or alphas_cumprod.numel() < 2:
+        raise ValueError(
+            f"alphas_cumprod must be a 1-D table with at least 2 entries, got shape {tuple(alphas_cumprod.shape)}"
+        )
+
+
 def rescale_zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """Rescale a schedule to zero terminal SNR, Algorithm 1 of arXiv 2305.08891 (in sqrt(alpha_bar) space).
 
@@ -71,10 +78,7 @@ def rescale_zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     samplers can use. Always computed and returned in float64 (fp16 or bf16 input is upcast first), on the input's
     device.
     """
-    if alphas_cumprod.ndim != 1 or alphas_cumprod.numel() < 2:
-        raise ValueError(
-            f"alphas_cumprod must be a 1-D table with at least 2 entries, got shape {tuple(alphas_cumprod.shape)}"
-        )
+    _check_table(alphas_cumprod)
     s = alphas_cumprod.to(torch.float64).sqrt()
     s_first, s_last = s[0].clone(), s[-1].clone()
     if not s_first > s_last:
@@ -107,6 +111,7 @@ def ztsnr_alphas_cumprod(
     """
     if not 0.0 < terminal < ZERO_SNR_THRESHOLD:
         raise ValueError(f"terminal alpha_bar must be in (0, {ZERO_SNR_THRESHOLD}), got {terminal!r}")
+    _check_table(alphas_cumprod)
     if is_zero_terminal_snr(alphas_cumprod):
         logger.info(
             "alphas_cumprod is already zero-terminal-SNR (alpha_bar_T=%.3g); not rescaled again",

@@ -55,7 +55,7 @@ def _status_text(*values: Any) -> str:
         return "no checkpoint loaded"
     facts = hooks.model_facts(sd_model, shared.opts)
     plan = decide(current, facts, SamplerFacts(name="k-diffusion samplers"))
-    tail = "; DDIM, PLMS, UniPC, LCM: unchanged (not supported yet)" if plan.active else ""
+    tail = "; LCM: unchanged (not supported)" if plan.active else ""
     return f"{facts.name}: {plan.status()}{tail}"
 
 

@@ -150,13 +150,25 @@ def test_downcast_option_is_reported():
     assert any("Downcast" in w for w in plan.warnings)
 
 
-@pytest.mark.parametrize(
-    "sampler", [SamplerFacts("DDIM", TIMESTEP), SamplerFacts("UniPC", TIMESTEP), SamplerFacts("LCM", OTHER)]
-)
-def test_unsupported_samplers_run_unchanged_and_say_so(sampler):
+def test_unsupported_samplers_run_unchanged_and_say_so():
+    sampler = SamplerFacts("LCM", OTHER)
     plan = decide(DEFAULTS, SD1_V, sampler)
     assert not plan.active
-    assert f"sampler {sampler.name} is not supported yet" in plan.status()
+    assert "sampler LCM is not supported yet" in plan.status()
+
+
+@pytest.mark.parametrize("name", ["DDIM", "PLMS", "UniPC"])
+def test_timestep_samplers_get_the_full_plan(name):
+    plan = decide(DEFAULTS, SD1_V, SamplerFacts(name, TIMESTEP))
+    assert plan.active
+    assert (plan.ztsnr, plan.install_ztsnr_table, plan.trailing, plan.cfg_rescale) == (True, True, True, 0.7)
+
+
+def test_ddim_cfgpp_gets_no_rescale_and_says_so():
+    plan = decide(DEFAULTS, SD1_V, SamplerFacts("DDIM CFG++", TIMESTEP))
+    assert plan.active
+    assert plan.cfg_rescale == 0.0
+    assert any("CFG++" in w for w in plan.warnings)
 
 
 def test_discarding_sampler_warns_about_trailing():
