@@ -198,6 +198,8 @@ def decide(params: VPredParams, model: ModelFacts, sampler: SamplerFacts) -> Pla
         )
 
     if sampler.family != KDIFFUSION:
+        if sampler.family == TIMESTEP:
+            return _decide_timestep(params, model, sampler)
         return Plan(
             active=False,
             prediction=prediction,
@@ -248,3 +250,30 @@ def decide(params: VPredParams, model: ModelFacts, sampler: SamplerFacts) -> Pla
         reasons=tuple(reasons),
         warnings=tuple(warnings),
     )
+
+
+def _decide_timestep(params: VPredParams, model: ModelFacts, sampler: SamplerFacts) -> Plan:
+    """Timestep samplers (DDIM, DDIM CFG++, PLMS, UniPC): the k-diffusion plan minus what does not apply to them
+    (schedule types, discard-penultimate), plus their own rules. Applied by ``lib_vpred.webui.timestep_glue``."""
+    as_kdiff = dataclasses.replace(sampler, family=KDIFFUSION, scheduler=None, discards_penultimate_sigma=False)
+    base = decide(params, model, as_kdiff)
+    if not base.active:
+        return base
+    warnings = list(base.warnings)
+    phi = base.cfg_rescale
+    name = sampler.name
+    if name == "DDIM CFG++" and phi > 0:
+        warnings.append(
+            "CFG rescale is not applied with DDIM CFG++ (its step direction uses the unconditional prediction)"
+        )
+        phi = 0.0
+    if base.ztsnr and not base.trailing and name != "UniPC":
+        warnings.append(
+            f"{name} with its own (leading) spacing never samples t=999, where ZTSNR matters: "
+            "set Timestep spacing to Trailing"
+        )
+    if base.trailing and sampler.discards_penultimate_sigma:
+        warnings.append(f"'discard penultimate sigma' does not apply to {name} with trailing spacing")
+    if name == "PLMS" and base.prediction != "v" and base.ztsnr:
+        warnings.append("PLMS on an eps checkpoint divides by ~0 at zero terminal SNR: use DDIM or Euler")
+    return dataclasses.replace(base, cfg_rescale=phi, warnings=tuple(warnings))

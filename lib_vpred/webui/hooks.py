@@ -261,6 +261,12 @@ def apply_plan(p: Any, plan: Plan, params: VPredParams, sd_model: Any, opts: Any
     if not plan.active:
         return
     sampler = p.sampler
+    if sampler_family(sampler) == TIMESTEP:
+        from lib_vpred.webui import timestep_glue
+
+        if timestep_glue.apply(p, plan, sd_model, opts):
+            p.extra_generation_params.update(plan.infotext())
+        return
     cfg = sampler.model_wrap_cfg
     if plan.override_prediction is not None:
         wrapper = build_denoiser(plan.override_prediction, sd_model, opts)

@@ -223,8 +223,17 @@ def process_images(p):
 
 
 def process_images_inner(p):
-    p.all_prompts = [p.prompt] * (p.batch_size * p.n_iter)
-    p.all_negative_prompts = [p.negative_prompt] * (p.batch_size * p.n_iter)
+    # setup_prompts (processing.py:418-432): a list prompt gives one prompt per image
+    if isinstance(p.prompt, list):
+        p.all_prompts = list(p.prompt)
+    elif isinstance(p.negative_prompt, list):
+        p.all_prompts = [p.prompt] * len(p.negative_prompt)
+    else:
+        p.all_prompts = [p.prompt] * (p.batch_size * p.n_iter)
+    if isinstance(p.negative_prompt, list):
+        p.all_negative_prompts = list(p.negative_prompt)
+    else:
+        p.all_negative_prompts = [p.negative_prompt] * len(p.all_prompts)
     p.all_seeds = [p.seed + i for i in range(len(p.all_prompts))]
     if p.scripts is not None:
         p.scripts.process(p)

@@ -1,7 +1,7 @@
 """modules/script_callbacks.py (v1.10.1): callback registries; a callback's exception is reported, never raised."""
 
-import inspect
 import os
+import sys
 from collections import namedtuple
 
 from modules import errors
@@ -51,7 +51,8 @@ def clear_callbacks():
 
 
 def _add(category, callback, name):
-    filename = os.path.basename(inspect.stack()[2].filename)
+    # The registering file, as inspect.stack()[2].filename, without building source context for every frame.
+    filename = os.path.basename(sys._getframe(2).f_code.co_filename)
     callback_map[f"callbacks_{category}"].append(ScriptCallback(filename, callback, name))
 
 
