@@ -205,3 +205,10 @@ def test_infotext_round_trips_through_params():
         assert restored["ztsnr"] == settings.ztsnr
         assert restored["spacing"] == settings.spacing
         assert restored["cfg_rescale"] == settings.cfg_rescale
+
+
+def test_heun_under_ztsnr_warns():
+    plan = decide(DEFAULTS, SD1_V, SamplerFacts("Heun", KDIFFUSION))
+    assert plan.active
+    assert any("prefer Euler" in w for w in plan.warnings)
+    assert not any("prefer Euler" in w for w in decide(DEFAULTS, SD1_V, EULER).warnings)
