@@ -13,6 +13,11 @@ VENV=.venv
 STAMP="$VENV/.requirements.sha256"
 want=$(cat requirements-test.txt requirements-kdiffusion.txt | sha256sum | cut -d' ' -f1)
 
+pip_install() {
+  # pip's own errors still fail the script (pipefail); only the local-index notices of some machines are dropped.
+  "$VENV/bin/python" -m pip install --quiet "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+}
+
 setup() {
   if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
     return 0
@@ -20,9 +25,9 @@ setup() {
   echo "[dev] creating $VENV with pinned requirements (first run takes a few minutes)" >&2
   rm -rf "$VENV"
   "$PY" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -r requirements-test.txt
-  "$VENV/bin/python" -m pip install --quiet --no-deps -r requirements-kdiffusion.txt
+  pip_install --upgrade pip
+  pip_install -r requirements-test.txt
+  pip_install --no-deps -r requirements-kdiffusion.txt
   "$VENV/bin/python" -c "import k_diffusion, diffusers, torch; print('[dev] torch', torch.__version__)" >&2
   echo "$want" > "$STAMP"
 }
