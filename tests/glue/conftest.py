@@ -5,6 +5,7 @@ Every test gets fresh stand-in modules (so no state leaks between tests) and rea
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
 from pathlib import Path
@@ -14,6 +15,10 @@ import torch
 
 STUB = Path(__file__).parent / "stub"
 REPO = Path(__file__).resolve().parents[2]
+
+
+def _stub_modules() -> dict:
+    return {name: mod for name, mod in sys.modules.items() if name == "modules" or name.startswith("modules.")}
 
 
 def _drop_stub_modules() -> None:
@@ -63,13 +68,33 @@ class WebUI:
             with gr.Blocks():
                 runner.setup_ui()
             self.runners[is_img2img] = runner
+        #: This stand-in's ``modules`` package; :meth:`active` puts it back into ``sys.modules`` when it runs.
+        self.modules = _stub_modules()
+
+    @contextlib.contextmanager
+    def active(self):
+        """Make this stand-in the importable ``modules`` while it works.
+
+        Several stand-ins coexist in one test (with / without the extension); code that imports ``modules`` lazily
+        (the extension does, e.g. ``from modules import sd_schedulers`` inside a hook) must see the running one.
+        """
+        saved = _stub_modules()
+        _drop_stub_modules()
+        sys.modules.update(self.modules)
+        try:
+            yield self
+        finally:
+            self.modules.update(_stub_modules())  # keep modules first imported during the run
+            _drop_stub_modules()
+            sys.modules.update(saved)
 
     def add_model(self, name: str, **kwargs) -> object:
         from tests.glue.fakemodel import FakeSDModel, write_checkpoint
 
         ckpt_kwargs = {k: kwargs.pop(k) for k in ("yaml_v", "keys") if k in kwargs}
         path = write_checkpoint(self.tmp, name, family=kwargs.get("family", "SD1"), **ckpt_kwargs)
-        model = FakeSDModel(path, **kwargs)
+        with self.active():
+            model = FakeSDModel(path, **kwargs)
         self.sd_models.register(model)
         if self.shared.sd_model is None:
             self.shared.sd_model = model
@@ -97,7 +122,8 @@ class WebUI:
         args = self.default_args(is_img2img) if script_args is None else list(script_args)
         p.script_args = (None, *args) if runner.alwayson_scripts else (None,)
         torch.manual_seed(seed)
-        processed = self.processing.process_images(p)
+        with self.active():
+            processed = self.processing.process_images(p)
         return p, processed
 
 
