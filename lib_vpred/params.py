@@ -100,7 +100,7 @@ PARAMS: tuple[Param, ...] = (
         bool,
         True,
         "Enable",
-        None,
+        "VPred",
         "Master switch. When off the extension changes nothing. When on it only acts on v-prediction checkpoints.",
     ),
     Param(
@@ -247,6 +247,9 @@ def parse_infotext(params: Mapping[str, str]) -> dict[str, Any]:
     keys of other extensions. Unparseable values are skipped, never raised.
     """
     out: dict[str, Any] = {}
+    master = params.get(PARAMS_BY_NAME["enabled"].infotext_key)
+    if master is not None and str(master).strip().lower() in ("disabled", "off", "false"):
+        return {"enabled": False}
     for field in ("prediction", "ztsnr", "spacing"):
         raw = params.get(PARAMS_BY_NAME[field].infotext_key)
         if raw is None:

@@ -91,6 +91,8 @@ class Plan:
     warnings: tuple[str, ...] = ()
     #: Why nothing is applied (inactive plans), for the status line.
     inactive_reason: str = ""
+    #: Disabled by the user on a checkpoint the extension would have acted on: recorded so pasting reproduces it.
+    disabled_but_applicable: bool = False
 
     def status(self) -> str:
         """One line for the panel: what was detected and why, and what the next generation will do."""
@@ -111,9 +113,10 @@ class Plan:
 
     def infotext(self) -> dict[str, Any]:
         """The extension's infotext keys for this pass (effective values, ``(auto)`` when decided automatically)."""
+        key = {p.name: p.infotext_key for p in PARAMS_BY_NAME.values()}
         if not self.active:
-            return {}
-        key = {name: PARAMS_BY_NAME[name].infotext_key for name in ("prediction", "ztsnr", "spacing", "cfg_rescale")}
+            # Nothing was applied. Only a user's "off" on a checkpoint we would act on is recorded (eps stays clean).
+            return {key["enabled"]: "disabled"} if self.disabled_but_applicable else {}
         out: dict[str, Any] = {
             key["prediction"]: format_infotext_value(
                 "v-prediction" if self.prediction == "v" else "eps", self.prediction_auto
@@ -121,12 +124,10 @@ class Plan:
         }
         if self.ztsnr_by_builtin:
             out[key["ztsnr"]] = "built-in"
-        elif self.ztsnr:
-            out[key["ztsnr"]] = format_infotext_value("on", self.ztsnr_auto)
-        if self.trailing:
-            out[key["spacing"]] = "trailing"
-        if self.cfg_rescale > 0:
-            out[key["cfg_rescale"]] = self.cfg_rescale
+        else:
+            out[key["ztsnr"]] = format_infotext_value("on" if self.ztsnr else "off", self.ztsnr_auto)
+        out[key["spacing"]] = "trailing" if self.trailing else "schedule type"
+        out[key["cfg_rescale"]] = self.cfg_rescale
         return out
 
 
@@ -186,10 +187,16 @@ def _decide_ztsnr(params: VPredParams, model: ModelFacts, prediction: str) -> tu
     )
 
 
+_DEFAULT_PARAMS = VPredParams()
+
+
 def decide(params: VPredParams, model: ModelFacts, sampler: SamplerFacts) -> Plan:
     """Decide what one sampling pass does. Pure: same inputs, same plan."""
     if not params.enabled:
-        return Plan(active=False, inactive_reason="disabled")
+        # Recorded only where the defaults would act (v checkpoints): pasting an infotext without our keys restores
+        # the defaults, which would then change the image. eps checkpoints never get the key.
+        would = decide(_DEFAULT_PARAMS, model, sampler)
+        return Plan(active=False, inactive_reason="disabled", disabled_but_applicable=would.active)
     if model.unsupported_reason:
         return Plan(active=False, inactive_reason=model.unsupported_reason)
 

@@ -110,7 +110,9 @@ class VPredScript(scripts.Script):
             return
         sd_model = shared.sd_model
         plan = decide(
-            current, hooks.model_facts(sd_model, shared.opts), hooks.sampler_facts(p.sampler, shared.opts, p)
+            current,
+            hooks.model_facts(sd_model, shared.opts, p.sampler),
+            hooks.sampler_facts(p.sampler, shared.opts, p),
         )
         hooks.apply_plan(p, plan, current, sd_model, shared.opts)
         name = getattr(getattr(sd_model, "sd_checkpoint_info", None), "name", "?")

@@ -34,19 +34,27 @@ ATTR_SAVED_OVERRIDE = "_vpred_saved_scheduler_override"  # on p: the override th
 
 
 @functools.lru_cache(maxsize=64)
-def _detect_cached(path: str, mtime_ns: int, size: int) -> detect.Detection:
+def _detect_cached(path: str, stamp: tuple[Any, ...]) -> detect.Detection:
     return detect.detect_checkpoint(path)
 
 
-def detect_file(path: str | None) -> detect.Detection | None:
-    """``detect_checkpoint`` cached by (path, mtime, size): a changed file is re-read, an unchanged one never."""
-    if not path:
-        return None
+def _stat_stamp(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
     except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def detect_file(path: str | None) -> detect.Detection | None:
+    """``detect_checkpoint`` cached by the (mtime, size) of the checkpoint and of the YAML beside it (or its absence):
+    a changed, added or removed file is re-read, unchanged ones never."""
+    if not path:
+        return None
+    stamp = _stat_stamp(path)
+    if stamp is None:
         return detect.detect_checkpoint(path)  # reports the problem as reasons
-    return _detect_cached(path, st.st_mtime_ns, st.st_size)
+    return _detect_cached(path, (stamp, _stat_stamp(detect.yaml_beside(path))))
 
 
 def _family(sd_model: Any) -> str:
@@ -78,8 +86,32 @@ def checkpoint_override(info: Any, opts: Any) -> Any:
     return find_checkpoint_override(rules, *[str(n) for n in names if n])
 
 
-def model_facts(sd_model: Any, opts: Any) -> ModelFacts:
-    """Facts about the loaded model (``shared.sd_model``) and the options that affect its schedule."""
+#: A k-diffusion sigma table whose last sigma exceeds this is zero-terminal-SNR (alpha_bar_T = 1/(1 + sigma^2) < 1e-6,
+#: the same threshold as ``schedule.ZERO_SNR_THRESHOLD``).
+ZTSNR_SIGMA_MAX_THRESHOLD = (1.0 / schedule.ZERO_SNR_THRESHOLD - 1.0) ** 0.5
+
+
+def sampler_table_state(sampler: Any) -> tuple[bool, bool] | None:
+    """(is ZTSNR, is finite) of the sigma table the pass's k-diffusion wrapper actually holds, or None without one.
+
+    The img2img sampler is built in ``init()``, before the per-batch ``apply_alpha_schedule_override``, so its table
+    can differ from the model's current ``alphas_cumprod``; and with "Downcast alphas_cumprod" the WebUI's fp16 ZTSNR
+    table has sigma_max = inf.
+    """
+    sigmas = getattr(getattr(sampler, "model_wrap", None), "sigmas", None)
+    if not isinstance(sigmas, torch.Tensor) or sigmas.numel() == 0:
+        return None
+    last = float(sigmas[-1])
+    finite = bool(torch.isfinite(sigmas).all())
+    return (finite and last > ZTSNR_SIGMA_MAX_THRESHOLD), finite
+
+
+def model_facts(sd_model: Any, opts: Any, sampler: Any = None) -> ModelFacts:
+    """Facts about the loaded model (``shared.sd_model``) and the options that affect its schedule.
+
+    With the pass's k-diffusion ``sampler``, whether the table is already ZTSNR is read from the table it will really
+    use; a non-finite table (fp16 downcast + built-in ZTSNR) counts as not ZTSNR, so a finite one replaces it.
+    """
     info = getattr(sd_model, "sd_checkpoint_info", None)
     filename = getattr(info, "filename", None)
     webui_prediction = "v" if getattr(sd_model, "parameterization", "eps") == "v" else "eps"
@@ -108,7 +140,7 @@ def model_facts(sd_model: Any, opts: Any) -> ModelFacts:
         webui_prediction=webui_prediction,
         webui_prediction_reason=reason,
         family=_family(sd_model),
-        table_is_ztsnr=alphas is not None and schedule.is_zero_terminal_snr(alphas),
+        table_is_ztsnr=_table_is_ztsnr(alphas, sampler),
         builtin_ztsnr_option=getattr(opts, "sd_noise_schedule", "Default") == "Zero Terminal SNR",
         downcast_alphas_cumprod=bool(getattr(opts, "use_downcasted_alpha_bar", False)),
         is_edit_model=getattr(sd_model, "cond_stage_key", None) == "edit",
@@ -117,6 +149,17 @@ def model_facts(sd_model: Any, opts: Any) -> ModelFacts:
         override=checkpoint_override(info, opts),
         assume_sd1_ztsnr=bool(getattr(opts, OPT_ASSUME_SD1_ZTSNR, True)),
     )
+
+
+def _table_is_ztsnr(alphas: Any, sampler: Any) -> bool:
+    state = sampler_table_state(sampler) if sampler is not None and sampler_family(sampler) == KDIFFUSION else None
+    if state is not None:
+        return state[0]
+    if alphas is None:
+        return False
+    a = alphas.detach().to(torch.float64)
+    # an fp16 table rescaled to ZTSNR ends in a subnormal or 0: its sigma_max is not usable (sigma overflows fp16)
+    return schedule.is_zero_terminal_snr(alphas) and not (alphas.dtype == torch.float16 and a[-1] < 1e-7)
 
 
 def sampler_family(sampler: Any) -> str:
@@ -256,9 +299,20 @@ def _install_cfg_rescale(cfg_denoiser: Any) -> None:
 
 def apply_plan(p: Any, plan: Plan, params: VPredParams, sd_model: Any, opts: Any) -> None:
     """Apply ``plan`` to this pass's sampler (``p.sampler``) and ``p``. An inactive plan changes nothing but undoes
-    our own scheduler override from an earlier pass of the same ``p``."""
+    our own scheduler override from an earlier pass of the same ``p`` (and, when a refiner is set, leaves a marker so
+    that a refiner our plan applies to is still handled after the switch)."""
     _restore_scheduler_override(p)
     if not plan.active:
+        p.extra_generation_params.update(plan.infotext())
+        sampler = getattr(p, "sampler", None)
+        if (
+            params.enabled
+            and getattr(p, "refiner_checkpoint_info", None) is not None
+            and sampler_family(sampler) == KDIFFUSION
+        ):
+            # Nothing changes numerically: on_cfg_denoiser only re-plans once the WebUI has swapped in the refiner.
+            setattr(sampler.model_wrap_cfg, ATTR_PLAN, plan)
+            setattr(sampler.model_wrap_cfg, ATTR_PARAMS, params)
         return
     sampler = p.sampler
     if sampler_family(sampler) == TIMESTEP:

@@ -34,7 +34,12 @@ def _timesteps_close(got, expected):
 ACCEPTED = {
     "positional-all-five": (
         [True, "v-prediction", "Off", "Schedule type", 0.3],
-        {"VPred prediction": "v-prediction", "VPred CFG rescale": "0.3"},
+        {
+            "VPred prediction": "v-prediction",
+            "VPred ZTSNR": "off",
+            "VPred spacing": "schedule type",
+            "VPred CFG rescale": "0.3",
+        },
         UNIFORM_4,
     ),
     "positional-all-five-normalised": (
@@ -49,10 +54,15 @@ ACCEPTED = {
     ),
     "positional-prefix": (
         [True, "Auto", "Auto", "Schedule type"],
-        {"VPred prediction": "v-prediction (auto)", "VPred ZTSNR": "on (auto)", "VPred CFG rescale": "0.7"},
+        {
+            "VPred prediction": "v-prediction (auto)",
+            "VPred ZTSNR": "on (auto)",
+            "VPred spacing": "schedule type",
+            "VPred CFG rescale": "0.7",
+        },
         UNIFORM_4,
     ),
-    "positional-prefix-disabled": ([False], {}, UNIFORM_4),
+    "positional-prefix-disabled": ([False], {"VPred": "disabled"}, UNIFORM_4),
     "dict-one-field": (
         [{"cfg_rescale": 0.3}],
         {
@@ -65,13 +75,23 @@ ACCEPTED = {
     ),
     "dict-partial": (
         [{"spacing": "schedule type", "ztsnr": "Off"}],
-        {"VPred prediction": "v-prediction (auto)", "VPred CFG rescale": "0.7"},
+        {
+            "VPred prediction": "v-prediction (auto)",
+            "VPred ZTSNR": "off",
+            "VPred spacing": "schedule type",
+            "VPred CFG rescale": "0.7",
+        },
         UNIFORM_4,
     ),
-    "dict-disabled": ([{"enabled": False}], {}, UNIFORM_4),
+    "dict-disabled": ([{"enabled": False}], {"VPred": "disabled"}, UNIFORM_4),
     "dict-all": (
         [{"enabled": True, "prediction": "Auto", "ztsnr": "Auto", "spacing": "Trailing", "cfg_rescale": 0}],
-        {"VPred prediction": "v-prediction (auto)", "VPred ZTSNR": "on (auto)", "VPred spacing": "trailing"},
+        {
+            "VPred prediction": "v-prediction (auto)",
+            "VPred ZTSNR": "on (auto)",
+            "VPred spacing": "trailing",
+            "VPred CFG rescale": "0.0",
+        },
         TRAILING_4,
     ),
 }

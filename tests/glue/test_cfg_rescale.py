@@ -109,7 +109,7 @@ def test_phi_zero_is_plain_cfg_with_ztsnr_and_trailing(make_webui, monkeypatch):
     keys = vpred_keys(out)
     assert keys["VPred ZTSNR"] == "on (auto)"
     assert keys["VPred spacing"] == "trailing"
-    assert "VPred CFG rescale" not in keys
+    assert keys["VPred CFG rescale"] == "0.0"
 
     reference = new_webui(make_webui, False, models=[V_SD1])
     ReferencePipeline(reference, phi=0.0)

@@ -41,10 +41,10 @@ def test_xyz_cells_get_their_own_values_and_the_base_p_is_untouched(make_webui):
     w = make_webui(True)
     vm = w.add_model("fluffy-vpred", parameterization="v", yaml_v=True)
     results = _cells(w, vm, "[VPred] CFG rescale φ", ["0.2", "0.5", "0"])
-    assert [r[1].extra_generation_params.get("VPred CFG rescale") for r in results] == [0.2, 0.5, None]
+    assert [r[1].extra_generation_params.get("VPred CFG rescale") for r in results] == [0.2, 0.5, 0.0]
     ztsnr = _cells(w, vm, "[VPred] Zero terminal SNR", ["On", "Off"])
     assert ztsnr[0][1].extra_generation_params["VPred ZTSNR"] == "on"
-    assert "VPred ZTSNR" not in ztsnr[1][1].extra_generation_params
+    assert ztsnr[1][1].extra_generation_params["VPred ZTSNR"] == "off"
     # a plain run afterwards uses the panel values again
     _p, out = w.run("txt2img", prompt="a cat", steps=4)
     assert out.extra_generation_params["VPred CFG rescale"] == 0.7
@@ -80,7 +80,7 @@ def test_per_checkpoint_override_beats_detection_when_auto(make_webui):
     w.shared.opts.vpred_checkpoint_overrides = "# comment\nmislabel*: prediction=v, ztsnr=off\n"
     _, out = w.run("txt2img", prompt="a cat", steps=4)
     assert out.extra_generation_params["VPred prediction"] == "v-prediction (auto)"
-    assert "VPred ZTSNR" not in out.extra_generation_params
+    assert out.extra_generation_params["VPred ZTSNR"] == "off (auto)"
     # the pass's wrapper became the v wrapper, the model itself still says eps
     assert eps_named_v.parameterization == "eps"
     # the control wins over the override
@@ -93,7 +93,7 @@ def test_sd1_assumption_can_be_switched_off(make_webui):
     w.add_model("fluffy-vpred", parameterization="v", yaml_v=True)
     w.shared.opts.vpred_assume_sd1_ztsnr = False
     _p, out = w.run("txt2img", prompt="a cat", steps=4)
-    assert "VPred ZTSNR" not in out.extra_generation_params
+    assert out.extra_generation_params["VPred ZTSNR"] == "off (auto)"
     assert out.extra_generation_params["VPred prediction"] == "v-prediction (auto)"
 
 

@@ -156,7 +156,7 @@ def test_v_model_extension_off_is_stock(make_webui, sampler):
 def test_ddim_cfgpp_has_no_rescale_and_says_so(make_webui):
     w, _m = v_webui(make_webui)
     p, _ = w.run("txt2img", sampler_name="DDIM CFG++", steps=10)
-    assert "VPred CFG rescale" not in p.extra_generation_params
+    assert p.extra_generation_params["VPred CFG rescale"] == 0.0
 
 
 def test_v_output_closer_to_float64_reference_than_eps_route(make_webui):

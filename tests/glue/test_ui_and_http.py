@@ -46,7 +46,13 @@ def test_panel_has_five_controls_with_the_positional_defaults(make_webui, is_img
     assert [value for _, value in controls[3].choices] == ["Trailing", "Schedule type"]
     assert (controls[4].minimum, controls[4].maximum) == (0.0, 1.0)
     assert [c for c, _ in script.infotext_fields] == controls
-    assert set(script.paste_field_names) == {"VPred prediction", "VPred ZTSNR", "VPred spacing", "VPred CFG rescale"}
+    assert set(script.paste_field_names) == {
+        "VPred",
+        "VPred prediction",
+        "VPred ZTSNR",
+        "VPred spacing",
+        "VPred CFG rescale",
+    }
     tab = "img2img" if is_img2img else "txt2img"
     assert all(tab in c.elem_id for c in controls)
 
@@ -120,33 +126,10 @@ ROUND_TRIPS = {
     "defaults": DEFAULT_VALUES,
     "forced": [True, "v-prediction", "On", "Trailing", 0.3],
     "phi1": [True, "Auto", "Auto", "Trailing", 1.0],
-    "phi0": pytest.param(
-        [True, "Auto", "Auto", "Trailing", 0.0],
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="bug: CFG rescale 0 writes no 'VPred CFG rescale' key, so pasting restores the default 0.7",
-        ),
-    ),
-    "schedule-type": pytest.param(
-        [True, "Auto", "Auto", "Schedule type", 0.7],
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="bug: spacing 'Schedule type' writes no 'VPred spacing' key, so pasting restores 'Trailing'",
-        ),
-    ),
-    "ztsnr-off": pytest.param(
-        [True, "Auto", "Off", "Trailing", 0.7],
-        marks=pytest.mark.xfail(
-            strict=True, reason="bug: ZTSNR Off writes no 'VPred ZTSNR' key, so pasting restores Auto (on for SD1 v)"
-        ),
-    ),
-    "disabled": pytest.param(
-        [False, "Auto", "Auto", "Trailing", 0.7],
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="bug: a disabled run writes no VPred key, so pasting its infotext enables the extension",
-        ),
-    ),
+    "phi0": [True, "Auto", "Auto", "Trailing", 0.0],
+    "schedule-type": [True, "Auto", "Auto", "Schedule type", 0.7],
+    "ztsnr-off": [True, "Auto", "Off", "Trailing", 0.7],
+    "disabled": [False, "Auto", "Auto", "Trailing", 0.7],
 }
 
 

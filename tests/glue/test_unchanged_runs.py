@@ -53,8 +53,13 @@ def _split(scenario):
     return scenario if isinstance(scenario, tuple) else ("txt2img", scenario)
 
 
-def assert_same_run(with_ext, without, kind="txt2img", script_args=None, label="", **kwargs):
-    """Run both stand-ins the same way and compare everything observable (``label`` names the case on failure)."""
+def assert_same_run(with_ext, without, kind="txt2img", script_args=None, label="", expect_keys=None, **kwargs):
+    """Run both stand-ins the same way and compare everything observable (``label`` names the case on failure).
+
+    ``expect_keys``: the only infotext keys the extension may add (a disabled run on a v checkpoint records
+    ``VPred: disabled`` so that pasting it reproduces the image); everything else must be identical.
+    """
+    expect_keys = expect_keys or {}
     model_a = with_ext.shared.sd_model
     model_b = without.shared.sd_model
     model_a.calls.clear()
@@ -66,8 +71,9 @@ def assert_same_run(with_ext, without, kind="txt2img", script_args=None, label="
     calls_b = without.shared.sd_model.calls
     assert len(calls_a) == len(calls_b) > 0, label
     assert all(bit_equal(a, b) for a, b in zip(calls_a, calls_b, strict=True)), label
-    assert out_a.infotexts == out_b.infotexts, label
-    assert vpred_keys(out_a) == {}, label
+    suffix = "".join(f", {k}: {v}" for k, v in expect_keys.items())
+    assert out_a.infotexts == [(t + suffix) if t else suffix[2:] for t in out_b.infotexts], label
+    assert vpred_keys(out_a) == expect_keys, label
     assert p_a.sampler_noise_scheduler_override is None, label
     assert with_ext.errors.reported == [], label
     assert without.errors.reported == [], label
@@ -148,13 +154,25 @@ def test_v_checkpoint_disabled_is_bit_identical(make_webui):
     args = [False, "Auto", "Auto", "Trailing", 0.7]
     override = {"sd_model_checkpoint": V_SDXL_KEYS[0]}
     for kind, extra in [("txt2img", {"enable_hr": True}), ("img2img", {})]:
-        assert_same_run(with_ext, without, kind, script_args=args, label=kind, prompt="a cat", steps=4, **extra)
+        disabled = {"VPred": "disabled"}
+        assert_same_run(
+            with_ext,
+            without,
+            kind,
+            script_args=args,
+            label=kind,
+            expect_keys=disabled,
+            prompt="a cat",
+            steps=4,
+            **extra,
+        )
         assert_same_run(
             with_ext,
             without,
             kind,
             script_args=args,
             label=f"{kind} sdxl",
+            expect_keys=disabled,
             prompt="a cat",
             steps=4,
             override_settings=override,

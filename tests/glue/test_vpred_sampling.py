@@ -268,7 +268,7 @@ def test_sdxl_v_pred_key_without_ztsnr_evidence_keeps_the_standard_table(make_we
     assert float(rec.steps[0]["sigma"][0]) == pytest.approx(SIGMA_MAX_SD, rel=1e-5)
     keys = vpred_keys(out)
     assert keys["VPred prediction"] == "v-prediction (auto)"
-    assert "VPred ZTSNR" not in keys
+    assert keys["VPred ZTSNR"] == "off (auto)"
     assert model.parameterization == "eps"
 
 
@@ -307,13 +307,6 @@ def test_builtin_zero_terminal_snr_option_img2img_after_a_previous_job(make_webu
     assert vpred_keys(out)["VPred ZTSNR"] == "built-in"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: with the built-in 'Zero Terminal SNR' option the plan trusts sd_model.alphas_cumprod, but img2img "
-    "builds its sampler in init() before the per-batch apply_alpha_schedule_override: the first img2img job after "
-    "the option is turned on samples with the stock table (sigma_max 14.6) while the infotext says 'VPred ZTSNR: "
-    "built-in'",
-)
 def test_builtin_zero_terminal_snr_option_first_img2img_job_really_uses_ztsnr(make_webui):
     w = new_webui(make_webui, True, models=[V_SD1])
     rec = Recorder(w)
@@ -342,12 +335,6 @@ def test_downcast_alphas_cumprod_option_is_ignored_for_our_table(make_webui):
     assert vpred_keys(out) == DEFAULT_INFOTEXT
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: with 'Downcast alphas_cumprod' and the built-in 'Zero Terminal SNR' option, the WebUI's fp16 ZTSNR "
-    "table has sigma = inf; the plan sees a ZTSNR table ('VPred ZTSNR: built-in'), installs nothing and the v "
-    "checkpoint samples NaN, although the extension builds a float32 table from alphas_cumprod_original otherwise",
-)
 def test_downcast_with_builtin_zero_terminal_snr_still_samples_finite(make_webui):
     w = new_webui(make_webui, True, models=[V_SD1])
     rec = Recorder(w)
@@ -416,12 +403,6 @@ def test_refiner_switch_follows_the_refiners_own_detection(make_webui, refiner):
     assert vpred_keys(again) == DEFAULT_INFOTEXT
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an eps base checkpoint with a v refiner: the base pass's plan is inactive, so apply_plan marks "
-    "nothing on the CFG denoiser and hooks.on_cfg_denoiser returns at once after the refiner switch; the v refiner "
-    "then runs with the stock table and no CFG rescale, whereas a v base re-plans for its refiner",
-)
 def test_eps_base_with_a_v_refiner_follows_the_refiners_own_detection(make_webui, monkeypatch):
     w = new_webui(make_webui, True, models=[EPS_SD1, V_SD1])
     calls = spy_combine(monkeypatch, w)

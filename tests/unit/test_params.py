@@ -47,7 +47,9 @@ def test_param_table_is_well_formed():
             assert p.choices
             assert p.default in p.choices
         if p.infotext_key is not None:
-            assert p.infotext_key.startswith("VPred "), p.name  # namespaced (style.md rule 6)
+            assert p.infotext_key == "VPred" or p.infotext_key.startswith("VPred "), (
+                p.name
+            )  # namespaced (style.md rule 6)
     keys = [p.infotext_key for p in params.PARAMS if p.infotext_key]
     assert len(keys) == len(set(keys))
 

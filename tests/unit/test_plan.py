@@ -74,10 +74,13 @@ def test_eps_checkpoint_with_auto_is_never_touched(settings, sampler):
         assert plan.infotext() == {}
 
 
-def test_disabled_changes_nothing():
+def test_disabled_changes_nothing_and_is_recorded_only_where_it_would_have_acted():
     plan = decide(DEFAULTS.replace(enabled=False), SD1_V, EULER)
     assert not plan.active
     assert plan.status() == "disabled"
+    assert plan.infotext() == {"VPred": "disabled"}
+    assert vp.parse_infotext(plan.infotext()) == {"enabled": False}
+    assert decide(DEFAULTS.replace(enabled=False), SD1_EPS, EULER).infotext() == {}
 
 
 def test_sdxl_v_pred_key_without_yaml_is_sampled_as_v_with_ztsnr_from_key():
@@ -116,7 +119,7 @@ def test_sd2_v_is_not_ztsnr_by_default_and_unknown_family_warns():
     assert plan.active
     assert not plan.ztsnr
     assert not plan.install_ztsnr_table
-    assert "VPred ZTSNR" not in plan.infotext()
+    assert plan.infotext()["VPred ZTSNR"] == "off (auto)"
     unknown = dataclasses.replace(SD1_V, family="unknown")
     assert any("without ZTSNR evidence" in w for w in decide(DEFAULTS, unknown, EULER).warnings)
 
@@ -179,7 +182,7 @@ def test_discarding_sampler_warns_about_trailing():
 def test_edit_models_get_no_rescale():
     plan = decide(DEFAULTS, dataclasses.replace(SD1_V, is_edit_model=True), EULER)
     assert plan.cfg_rescale == 0.0
-    assert "VPred CFG rescale" not in plan.infotext()
+    assert plan.infotext()["VPred CFG rescale"] == 0.0
 
 
 def test_unsupported_model_is_left_alone():
@@ -188,17 +191,23 @@ def test_unsupported_model_is_left_alone():
     assert "SD3" in plan.status()
 
 
-def test_spacing_schedule_type_and_phi_zero_are_recorded_as_not_applied():
+def test_spacing_schedule_type_and_phi_zero_are_recorded_explicitly():
+    # so that pasting the infotext reproduces the image instead of restoring the defaults
     plan = decide(DEFAULTS.replace(spacing="Schedule type", cfg_rescale=0.0), SD1_V, EULER)
     assert plan.active
     assert not plan.trailing
-    assert plan.infotext().keys() == {"VPred prediction", "VPred ZTSNR"}
+    assert plan.infotext()["VPred spacing"] == "schedule type"
+    assert plan.infotext()["VPred CFG rescale"] == 0.0
     assert "schedule type as selected" in plan.status()
     assert "no CFG rescale" in plan.status()
 
 
 def test_infotext_round_trips_through_params():
-    for settings in (DEFAULTS, DEFAULTS.replace(prediction="v-prediction", ztsnr="On", cfg_rescale=0.35)):
+    for settings in (
+        DEFAULTS,
+        DEFAULTS.replace(prediction="v-prediction", ztsnr="On", cfg_rescale=0.35),
+        DEFAULTS.replace(ztsnr="Off", spacing="Schedule type", cfg_rescale=0.0),
+    ):
         plan = decide(settings, SD1_V, EULER)
         restored = vp.parse_infotext({k: str(v) for k, v in plan.infotext().items()})
         assert restored["prediction"] == settings.prediction
