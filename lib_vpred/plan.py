@@ -20,8 +20,9 @@ OTHER = "other"  # LCM and anything unknown
 #: Schedule types that, with the ZTSNR sigma_max ~ 4518.8, put most steps far above sigma 14.6 (peers.md section 10).
 WASTEFUL_UNDER_ZTSNR = frozenset({"Karras", "Exponential", "Polyexponential", "Beta"})
 #: Samplers whose Heun-type first step from the ZTSNR sigma_max ~ 4518.8 to ~18 amplifies the error of the second
-#: slope (measured on an exact denoiser in tests/unit/test_kdiffusion_sampling.py: brightness spread ~7x the data's
-#: at 10 steps, ~1.2x at 20, against ~1x for Euler and DPM++ 2M).
+#: slope (measured on an exact denoiser in tests/unit/test_kdiffusion_sampling.py and bench/bench_fidelity.py:
+#: brightness spread ~7x the data's at 10 steps, ~1.2x at 20, against ~1x for Euler and DPM++ 2M). The plan takes
+#: their first step with Euler instead.
 SECOND_ORDER_FIRST_STEP_UNSTABLE = frozenset({"Heun"})
 #: Schedule types with fixed sigma tables that ignore the model's schedule (Align Your Steps starts at 14.615).
 IGNORES_TABLE = frozenset({"Align Your Steps", "Align Your Steps GITS", "Align Your Steps 11", "Align Your Steps 32"})
@@ -87,6 +88,8 @@ class Plan:
     ztsnr_by_builtin: bool = False
     trailing: bool = False
     cfg_rescale: float = 0.0
+    #: Take the first step down from the ZTSNR sigma_max with Euler (``lib_vpred.sampling.with_euler_first_step``).
+    euler_first_step: bool = False
     reasons: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     #: Why nothing is applied (inactive plans), for the status line.
@@ -238,11 +241,9 @@ def decide(params: VPredParams, model: ModelFacts, sampler: SamplerFacts) -> Pla
         warnings.append(
             f"schedule type {sampler.scheduler} uses fixed sigmas and ignores the ZTSNR table: set Timestep spacing to Trailing"
         )
-    if ztsnr and sampler.name in SECOND_ORDER_FIRST_STEP_UNSTABLE:
-        warnings.append(
-            f"{sampler.name} averages the slope at the second sigma into the first step down from sigma 4518.8, "
-            "which leaves visible noise at low step counts under ZTSNR: prefer Euler, Euler a or DPM++ 2M (or 30+ steps)"
-        )
+    euler_first = ztsnr and sampler.name in SECOND_ORDER_FIRST_STEP_UNSTABLE
+    if euler_first:
+        reasons.append(f"{sampler.name}: first step as Euler (stable from sigma 4518.8)")
     phi = params.cfg_rescale if prediction == "v" or not prediction_auto else 0.0
     if phi > 0 and sampler.other_cfg_rescalers:
         warnings.append(
@@ -263,6 +264,7 @@ def decide(params: VPredParams, model: ModelFacts, sampler: SamplerFacts) -> Pla
         ztsnr_by_builtin=by_builtin and model.builtin_ztsnr_option,
         trailing=trailing,
         cfg_rescale=phi,
+        euler_first_step=euler_first,
         reasons=tuple(reasons),
         warnings=tuple(warnings),
     )

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from lib_vpred import detect, guidance, schedule
+from lib_vpred import detect, guidance, sampling, schedule
 from lib_vpred.params import LEGACY_CFG_RESCALE_KEYS, VPredParams, find_checkpoint_override, parse_checkpoint_overrides
 from lib_vpred.plan import KDIFFUSION, OTHER, TIMESTEP, ModelFacts, Plan, SamplerFacts, decide
 
@@ -28,6 +28,7 @@ ATTR_CFG_PARAMS = "_vpred_cfg_params"  # on model_wrap_cfg: this step's CFGDenoi
 ATTR_ORIGINAL_COMBINE = "_vpred_original_combine"  # on model_wrap_cfg: the combine_denoised we wrapped
 ATTR_TABLE = "_vpred_ztsnr_table"  # on model_wrap: True once our ZTSNR sigma table is installed
 ATTR_SAVED_OVERRIDE = "_vpred_saved_scheduler_override"  # on p: the override that was there before ours
+ATTR_EULER_FIRST = "_vpred_euler_first_step"  # on the sampler: its func already takes an Euler first step
 
 
 # --- facts ------------------------------------------------------------------------------------------------------------
@@ -331,6 +332,9 @@ def apply_plan(p: Any, plan: Plan, params: VPredParams, sd_model: Any, opts: Any
         install_sigma_table(mw, ztsnr_sigma_table(sd_model, mw.sigmas.device))
     if plan.trailing:
         _set_scheduler_override(p, TrailingSchedule(sampler))
+    if plan.euler_first_step and not getattr(sampler, ATTR_EULER_FIRST, False):
+        sampler.func = sampling.with_euler_first_step(sampler.func)  # this sampler object only; dies with the pass
+        setattr(sampler, ATTR_EULER_FIRST, True)
     setattr(cfg, ATTR_PLAN, plan)
     setattr(cfg, ATTR_PARAMS, params)
     if plan.cfg_rescale > 0:

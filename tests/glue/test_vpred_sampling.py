@@ -57,8 +57,11 @@ def _expected_sigma_calls(sampler: str, table: torch.Tensor, steps: int) -> tupl
     # DPM2 discards the penultimate sigma: trailing(steps + 1) without its smallest sigma
     ts = trailing_timesteps(steps + 1)[:-1] if sampler == "DPM2" else trailing_timesteps(steps)
     s = [float(table[t]) for t in ts]
-    if sampler == "Heun":  # corrector at the next sigma, except for the last step to sigma 0
-        return [s[0], *[v for x in s[1:] for v in (x, x)]], [float(ts[0]), *[v for x in ts[1:] for v in (x, x)]]
+    if sampler == "Heun":
+        # Under ZTSNR the extension takes the first step (from sigma_max) with Euler (lib_vpred.sampling), then Heun:
+        # corrector at the next sigma, except for the last step to sigma 0.
+        calls = [s[0], s[1], *[v for x in s[2:] for v in (x, x)]]
+        return calls, [float(ts[0]), float(ts[1]), *[v for x in ts[2:] for v in (x, x)]]
     if sampler == "DPM2":  # midpoint in log sigma, except for the last step
         calls = []
         for a, b in itertools.pairwise(s):

@@ -320,3 +320,42 @@ def test_euler_ancestral_reproduces_the_data_spread(ztsnr_table):
     assert abs(per_image_mean.mean().item() - DARK) < 5 * TAU_B / math.sqrt(BATCH)
     assert 0.5 * TAU_B < per_image_mean.std().item() < 2 * TAU_B
     assert bool(((pixel_std > 0.8 * expected_pixel_std) & (pixel_std < 1.2 * expected_pixel_std)).all())
+
+
+def test_euler_first_step_removes_heuns_ztsnr_overshoot(ztsnr_table):
+    """lib_vpred.sampling.with_euler_first_step around the real k-diffusion Heun: Euler from sigma 4518.8, then Heun.
+
+    Expected values: the closed-form Euler factor for the first step times the closed-form Heun factor for the rest
+    (``euler_mean_factor`` / ``heun_mean_factor`` above, written independently of lib_vpred and k-diffusion).
+    """
+    import k_diffusion.sampling as kds
+
+    from lib_vpred.sampling import with_euler_first_step
+
+    denoiser, sigmas = dark_case(ztsnr_table, "ztsnr")
+    x = start_noise(BATCH, seed=4) * sigmas[0]
+    out = with_euler_first_step(kds.sample_heun)(denoiser, x, sigmas, extra_args={"cond": None}, disable=True)
+    sig = sigmas.double().tolist()
+    lam = D * TAU_B**2 + TAU_P**2  # brightness-direction data variance, as in heun_mean_factor
+    first = 1.0 + (1.0 - lam / (lam + sig[0] ** 2)) / sig[0] * (sig[1] - sig[0])  # one Euler step sigma_0 -> sigma_1
+    predicted_factor = first * heun_mean_factor(sig[1:], D, TAU_B, TAU_P)
+    predicted = DARK + predicted_factor * (x.double().mean(dim=(1, 2, 3)) - DARK)
+    torch.testing.assert_close(out.double().mean(dim=(1, 2, 3)), predicted, rtol=1e-3, atol=1e-2)
+    # and the overshoot is gone: the brightness spread is back near the data's, far below plain Heun's
+    plain = kds.sample_heun(denoiser, x, sigmas, extra_args={"cond": None}, disable=True)
+    fixed_spread = out.double().mean(dim=(1, 2, 3)).std().item()
+    assert fixed_spread < 3 * TAU_B
+    assert plain.double().mean(dim=(1, 2, 3)).std().item() > 5 * fixed_spread
+
+
+def test_euler_first_step_leaves_other_schedules_alone(stock_table):
+    import k_diffusion.sampling as kds
+
+    from lib_vpred.sampling import with_euler_first_step
+
+    denoiser, sigmas = dark_case(stock_table, "stock")
+    x = start_noise(BATCH, seed=4) * sigmas[0]
+    assert torch.equal(
+        with_euler_first_step(kds.sample_heun)(denoiser, x, sigmas, extra_args={"cond": None}, disable=True),
+        kds.sample_heun(denoiser, x, sigmas, extra_args={"cond": None}, disable=True),
+    )

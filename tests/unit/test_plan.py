@@ -216,8 +216,10 @@ def test_infotext_round_trips_through_params():
         assert restored["cfg_rescale"] == settings.cfg_rescale
 
 
-def test_heun_under_ztsnr_warns():
+def test_heun_under_ztsnr_takes_an_euler_first_step():
     plan = decide(DEFAULTS, SD1_V, SamplerFacts("Heun", KDIFFUSION))
     assert plan.active
-    assert any("prefer Euler" in w for w in plan.warnings)
-    assert not any("prefer Euler" in w for w in decide(DEFAULTS, SD1_V, EULER).warnings)
+    assert plan.euler_first_step
+    assert "Heun: first step as Euler" in plan.status()
+    assert not decide(DEFAULTS, SD1_V, EULER).euler_first_step
+    assert not decide(DEFAULTS.replace(ztsnr="Off"), SD1_V, SamplerFacts("Heun", KDIFFUSION)).euler_first_step
