@@ -38,3 +38,33 @@ def test_bench_overhead_quick_runs_and_prints_its_table():
         "extension extra per step",
     ):
         assert label in out, label
+
+
+def _quick(script: str, *extra: str) -> str:
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), "--quick", *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    return run.stdout
+
+
+@pytest.mark.slow
+def test_bench_fidelity_quick_runs_and_prints_its_table(tmp_path):
+    out = _quick("bench_fidelity.py", "--out", str(tmp_path))
+    assert "IDEAL-DENOISER PROXY" in out
+    for sampler in ("Euler", "Euler a", "DPM++ 2M", "DPM++ SDE", "Heun", "DDIM"):
+        assert sampler in out
+    assert "vpred: ZTSNR + trailing, Euler 1st step" in out  # Heun as the extension runs it
+    assert (tmp_path / "fidelity.csv").exists()
+
+
+@pytest.mark.slow
+def test_bench_detection_quick_runs_and_prints_its_table(tmp_path):
+    out = _quick("bench_detection.py", "--tmpdir", str(tmp_path))
+    assert "detect_checkpoint" in out
+    assert "load_file" in out
+    assert list(tmp_path.iterdir()) == []  # its multi-MB file is removed again
