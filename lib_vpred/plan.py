@@ -18,7 +18,13 @@ TIMESTEP = "timestep"  # DDIM, DDIM CFG++, PLMS, UniPC (``CompVisSampler``)
 OTHER = "other"  # LCM and anything unknown
 
 #: Schedule types that, with the ZTSNR sigma_max ~ 4518.8, put most steps far above sigma 14.6 (peers.md section 10).
-WASTEFUL_UNDER_ZTSNR = frozenset({"Karras", "Exponential", "Polyexponential", "Beta"})
+WASTEFUL_UNDER_ZTSNR = frozenset({"Karras", "Exponential", "Polyexponential", "Beta", "KL Optimal"})
+#: Of those, the ones bench/bench_fidelity.py measured as harmful with every sampler (Beta is linear in sigma in
+#: v1.10.1; KL Optimal leaves one step between sigma 4518.8 and ~6). Karras / Exponential only lost detail with
+#: Euler-type samplers; DPM++ multistep / SDE samplers did as well or better with them than with trailing.
+HARMFUL_WITH_EVERY_SAMPLER = frozenset({"Beta", "KL Optimal"})
+#: Samplers for which Karras / Exponential under ZTSNR measured fine (exponential integrators).
+DPM_SOLVER_FAMILY_PREFIX = "DPM++"
 #: Samplers whose Heun-type first step from the ZTSNR sigma_max ~ 4518.8 to ~18 amplifies the error of the second
 #: slope (measured on an exact denoiser in tests/unit/test_kdiffusion_sampling.py and bench/bench_fidelity.py:
 #: brightness spread ~7x the data's at 10 steps, ~1.2x at 20, against ~1x for Euler and DPM++ 2M). The plan takes
@@ -232,10 +238,15 @@ def decide(params: VPredParams, model: ModelFacts, sampler: SamplerFacts) -> Pla
     trailing = params.spacing == "Trailing"
     if trailing and sampler.discards_penultimate_sigma:
         warnings.append(f"{sampler.name} discards the penultimate sigma, so its trailing schedule has one step fewer")
-    if ztsnr and not trailing and sampler.scheduler in WASTEFUL_UNDER_ZTSNR:
+    if (
+        ztsnr
+        and not trailing
+        and sampler.scheduler in WASTEFUL_UNDER_ZTSNR
+        and (sampler.scheduler in HARMFUL_WITH_EVERY_SAMPLER or not sampler.name.startswith(DPM_SOLVER_FAMILY_PREFIX))
+    ):
         warnings.append(
-            f"schedule type {sampler.scheduler} spends most steps at meaningless noise levels under ZTSNR: "
-            "set Timestep spacing to Trailing (or Schedule type to Simple, SGM Uniform or Trailing)"
+            f"schedule type {sampler.scheduler} puts most steps far above sigma 14.6 under ZTSNR and loses detail "
+            f"with {sampler.name}: set Timestep spacing to Trailing (or Schedule type to Simple, SGM Uniform or Trailing)"
         )
     if ztsnr and not trailing and sampler.scheduler in IGNORES_TABLE:
         warnings.append(

@@ -223,3 +223,27 @@ def test_heun_under_ztsnr_takes_an_euler_first_step():
     assert "Heun: first step as Euler" in plan.status()
     assert not decide(DEFAULTS, SD1_V, EULER).euler_first_step
     assert not decide(DEFAULTS.replace(ztsnr="Off"), SD1_V, SamplerFacts("Heun", KDIFFUSION)).euler_first_step
+
+
+@pytest.mark.parametrize(
+    ("sampler", "scheduler", "warned"),
+    [
+        ("Euler", "Karras", True),
+        ("Euler a", "Exponential", True),
+        ("DPM++ 2M", "Karras", False),  # measured fine in bench_fidelity
+        ("DPM++ SDE", "Karras", False),
+        ("DPM++ 2M", "Beta", True),  # harmful with every sampler
+        ("Euler", "KL Optimal", True),
+        ("Euler", "Uniform", False),
+        ("Euler", "Simple", False),
+    ],
+)
+def test_schedule_type_warnings_under_ztsnr_follow_the_measurements(sampler, scheduler, warned):
+    settings = DEFAULTS.replace(spacing="Schedule type")
+    plan = decide(settings, SD1_V, SamplerFacts(sampler, KDIFFUSION, scheduler=scheduler))
+    assert any("puts most steps far above sigma 14.6" in w for w in plan.warnings) is warned
+    # never with trailing spacing, never without ZTSNR
+    trailing = decide(DEFAULTS, SD1_V, SamplerFacts(sampler, KDIFFUSION, scheduler=scheduler))
+    assert not any("puts most steps" in w for w in trailing.warnings)
+    off = decide(settings.replace(ztsnr="Off"), SD1_V, SamplerFacts(sampler, KDIFFUSION, scheduler=scheduler))
+    assert not any("puts most steps" in w for w in off.warnings)
