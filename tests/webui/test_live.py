@@ -156,7 +156,8 @@ def test_vpred_changes_the_image_and_disabling_restores_stock():
     on = generate("txt2img", VPRED)
     off = generate("txt2img", VPRED, vpred=[False])
     assert on["images"][0] != off["images"][0]
-    assert "VPred" not in infotext(off)
+    assert "VPred: disabled" in infotext(off)  # recorded on a v checkpoint so that pasting reproduces it
+    assert "VPred prediction" not in infotext(off)
 
 
 def test_infotext_round_trip_restores_the_controls():
@@ -169,3 +170,18 @@ def test_infotext_round_trip_restores_the_controls():
     again_text = json.loads(again["info"])["infotexts"][0]
     assert "VPred CFG rescale: 0.35" in again_text
     assert "VPred ZTSNR: on" in again_text
+
+
+@pytest.mark.parametrize("sampler", ["DDIM", "PLMS", "UniPC", "DDIM CFG++", "Heun", "DPM++ 2M"])
+def test_every_sampler_family_on_both_checkpoints(sampler):
+    out = generate("txt2img", VPRED, sampler_name=sampler)
+    text = infotext(out)
+    assert "VPred ZTSNR: on (auto)" in text
+    assert "VPred spacing: trailing" in text
+    assert ("VPred CFG rescale: 0.0" if sampler == "DDIM CFG++" else "VPred CFG rescale: 0.7") in text
+    img = generate("img2img", VPRED, sampler_name=sampler, init_images=[out["images"][0]], denoising_strength=0.5)
+    assert "VPred spacing: trailing" in infotext(img)
+    enabled = generate("txt2img", EPS, sampler_name=sampler)
+    disabled = generate("txt2img", EPS, sampler_name=sampler, vpred=[False])
+    assert enabled["images"][0] == disabled["images"][0]
+    assert "VPred" not in infotext(enabled)
