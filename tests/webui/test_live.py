@@ -174,7 +174,15 @@ def test_infotext_round_trip_restores_the_controls():
 
 @pytest.mark.parametrize("sampler", ["DDIM", "PLMS", "UniPC", "DDIM CFG++", "Heun", "DPM++ 2M"])
 def test_every_sampler_family_on_both_checkpoints(sampler):
-    out = generate("txt2img", VPRED, sampler_name=sampler)
+    out = generate(
+        "txt2img",
+        VPRED,
+        sampler_name=sampler,
+        enable_hr=True,
+        hr_scale=1.5,
+        hr_second_pass_steps=3,
+        denoising_strength=0.5,
+    )
     text = infotext(out)
     assert "VPred ZTSNR: on (auto)" in text
     assert "VPred spacing: trailing" in text
