@@ -4,14 +4,14 @@
 #   bash tools/dev.sh test    # set up .venv (first run only), lint, and run the test suite
 #   bash tools/dev.sh bench   # set up .venv and run every benchmark
 #   bash tools/dev.sh setup   # only set up .venv
-# The environment is re-created when requirements-*.txt change.
+# The environment is re-created when requirements-*.txt change (requirements-lock.txt pins every transitive package).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 VENV=.venv
 STAMP="$VENV/.requirements.sha256"
-want=$(cat requirements-test.txt requirements-kdiffusion.txt | sha256sum | cut -d' ' -f1)
+want=$(cat requirements-test.txt requirements-kdiffusion.txt requirements-lock.txt | sha256sum | cut -d' ' -f1)
 
 pip_install() {
   # pip's own errors still fail the script (pipefail); only the local-index notices of some machines are dropped.
@@ -26,8 +26,8 @@ setup() {
   rm -rf "$VENV"
   "$PY" -m venv "$VENV"
   pip_install --upgrade pip
-  pip_install -r requirements-test.txt
-  pip_install --no-deps -r requirements-kdiffusion.txt
+  pip_install -r requirements-test.txt -c requirements-lock.txt
+  pip_install --no-deps -r requirements-kdiffusion.txt -c requirements-lock.txt
   "$VENV/bin/python" -c "import k_diffusion, diffusers, torch; print('[dev] torch', torch.__version__)" >&2
   echo "$want" > "$STAMP"
 }
