@@ -55,8 +55,8 @@ def _status_text(*values: Any) -> str:
         return "no checkpoint loaded"
     facts = hooks.model_facts(sd_model, shared.opts)
     plan = decide(current, facts, SamplerFacts(name="k-diffusion samplers"))
-    tail = "; LCM: unchanged (not supported)" if plan.active else ""
-    return f"{facts.name}: {plan.status()}{tail}"
+    note = " (the schedule preview below shows this tab's sampler and strength)" if plan.active else ""
+    return f"{facts.name}: {plan.status()}{note}"
 
 
 def _api_status() -> dict[str, Any]:

@@ -13,6 +13,8 @@ from lib_vpred import params as vp
 from lib_vpred.webui.hooks import OPT_ASSUME_SD1_ZTSNR, OPT_OVERRIDES
 
 SECTION = ("vpred", "V-Prediction / ZTSNR")
+#: The Settings sidebar group (v1.10.1 ``shared_options`` registers "sd", "Stable Diffusion").
+CATEGORY = "sd"
 OVERRIDES_HELP = (
     "One rule per line: <checkpoint name, glob or short hash>: prediction=v|eps, ztsnr=on|off. "
     "Example: fluffyrock-*: prediction=v, ztsnr=on. Applies when the panel's controls are Auto."
@@ -51,7 +53,10 @@ def register(opts: Any, option_info: type) -> None:
             if param.name != "enabled"
             else "Enable the panel by default (also for API calls)"
         )
-        opts.add_option(option_key(param), option_info(param.default, label, component, args, section=SECTION))
+        opts.add_option(
+            option_key(param),
+            option_info(param.default, label, component, args, section=SECTION, category_id=CATEGORY),
+        )
     opts.add_option(
         OPT_ASSUME_SD1_ZTSNR,
         option_info(
@@ -60,9 +65,17 @@ def register(opts: Any, option_info: type) -> None:
             gr.Checkbox,
             {},
             section=SECTION,
+            category_id=CATEGORY,
         ),
     )
     opts.add_option(
         OPT_OVERRIDES,
-        option_info("", f"Per-checkpoint overrides. {OVERRIDES_HELP}", gr.Textbox, {"lines": 4}, section=SECTION),
+        option_info(
+            "",
+            f"Per-checkpoint overrides. {OVERRIDES_HELP}",
+            gr.Textbox,
+            {"lines": 4},
+            section=SECTION,
+            category_id=CATEGORY,
+        ),
     )
