@@ -73,6 +73,37 @@ def _api_status() -> dict[str, Any]:
     }
 
 
+#: ``process_before_every_sampling`` exists from WebUI 1.10.0 (commit 17e84615); on 1.9.x it is emulated.
+_HAS_EVERY_SAMPLING_HOOK = hasattr(scripts.ScriptRunner, "process_before_every_sampling")
+
+
+def _emulate_every_sampling_hook(script: Any, p: Any, args: tuple[Any, ...]) -> None:
+    """WebUI < 1.10: run ``script.process_before_every_sampling`` for every sampler this ``p`` creates while its
+    ``sample`` runs (txt2img first pass and hires pass), and for img2img's sampler (made in ``init``) before sampling."""
+    from modules import processing, sd_samplers
+
+    original_sample = p.sample
+
+    def sample(*a: Any, **kw: Any) -> Any:
+        original_create = sd_samplers.create_sampler
+
+        def create_sampler(*ca: Any, **ckw: Any) -> Any:
+            sampler = original_create(*ca, **ckw)
+            p.sampler = sampler
+            script.process_before_every_sampling(p, *args)
+            return sampler
+
+        if isinstance(p, processing.StableDiffusionProcessingImg2Img) and getattr(p, "sampler", None) is not None:
+            script.process_before_every_sampling(p, *args)
+        sd_samplers.create_sampler = create_sampler
+        try:
+            return original_sample(*a, **kw)
+        finally:
+            sd_samplers.create_sampler = original_create
+
+    p.sample = sample
+
+
 class VPredScript(scripts.Script):
     TITLE = "VPred"
 
@@ -103,6 +134,9 @@ class VPredScript(scripts.Script):
             # Script hooks' exceptions are only logged by the WebUI; failing the sampling call instead makes the
             # request fail cleanly (HTTP 422 with this message for the API) and leaves nothing behind.
             p.sample = functools.partial(_fail_generation, error)
+            return
+        if not _HAS_EVERY_SAMPLING_HOOK:
+            _emulate_every_sampling_hook(self, p, args)
 
     def process_before_every_sampling(self, p: Any, *args: Any, **kwargs: Any) -> None:
         current = getattr(p, "_vpred_params", None)
