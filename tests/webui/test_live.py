@@ -175,6 +175,7 @@ def test_infotext_round_trip_restores_the_controls():
 @pytest.mark.parametrize("sampler", ["DDIM", "PLMS", "UniPC", "DDIM CFG++", "Heun", "DPM++ 2M"])
 def test_every_sampler_family_on_both_checkpoints(sampler):
     status, samplers = call("/sdapi/v1/samplers")
+    assert status == 200
     if sampler not in [s["name"] for s in samplers]:
         pytest.skip(f"{sampler} does not exist in this WebUI release (DDIM CFG++ arrived in 1.10)")
     out = generate(
