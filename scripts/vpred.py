@@ -124,7 +124,11 @@ class VPredScript(scripts.Script):
     def process(self, p: Any, *args: Any) -> None:
         # Start the job without our infotext keys, in a dict of this p's own: the XYZ script shallow-copies p, so
         # every cell shares one extra_generation_params and a key from an earlier cell would otherwise leak.
-        p.extra_generation_params = {k: v for k, v in p.extra_generation_params.items() if k not in vp.INFOTEXT_KEYS}
+        # (Only when needed: otherwise the dict other scripts may hold a reference to stays the same object.)
+        if vp.INFOTEXT_KEYS.intersection(p.extra_generation_params):
+            p.extra_generation_params = {
+                k: v for k, v in p.extra_generation_params.items() if k not in vp.INFOTEXT_KEYS
+            }
         try:
             p._vpred_params = vp.from_args(args).replace(**xyz.overrides(p))
         except vp.ParamError as e:
