@@ -16,10 +16,7 @@ from typing import Any
 
 import torch
 
-from lib_vpred.schedule import ZERO_SNR_THRESHOLD
-
-#: Only a first sigma above this counts as a zero-terminal-SNR start (alpha_bar_T < 1e-6, see schedule.py).
-ZTSNR_FIRST_SIGMA = (1.0 / ZERO_SNR_THRESHOLD - 1.0) ** 0.5
+from lib_vpred.schedule import ZERO_SNR_SIGMA_THRESHOLD
 
 
 def with_euler_first_step(sample_fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -33,7 +30,7 @@ def with_euler_first_step(sample_fn: Callable[..., torch.Tensor]) -> Callable[..
 
     @functools.wraps(sample_fn)
     def sample(model: Any, x: torch.Tensor, sigmas: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if len(sigmas) < 3 or float(sigmas[0]) <= ZTSNR_FIRST_SIGMA or args:
+        if len(sigmas) < 3 or float(sigmas[0]) <= ZERO_SNR_SIGMA_THRESHOLD or args:
             return sample_fn(model, x, sigmas, *args, **kwargs)
         extra_args = kwargs.get("extra_args") or {}
         callback = kwargs.get("callback")

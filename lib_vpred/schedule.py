@@ -22,6 +22,9 @@ ZTSNR_TERMINAL_ALPHA_BAR = 4.8973451890853435e-08
 #: Stock SD has alpha_bar_T = 4.66e-3 (SNR_T = 4.68e-3, paper Table 1); a ZTSNR table has 0 or ``ZTSNR_TERMINAL_ALPHA_BAR``.
 ZERO_SNR_THRESHOLD = 1e-6
 
+#: The same threshold as a k-diffusion sigma: sigma_T = sqrt((1 - a)/a) above this means alpha_bar_T < the threshold.
+ZERO_SNR_SIGMA_THRESHOLD = (1.0 / ZERO_SNR_THRESHOLD - 1.0) ** 0.5
+
 #: Number of training timesteps of every SD1/SD2/SDXL checkpoint (LDM ``timesteps: 1000``).
 NUM_TRAIN_TIMESTEPS = 1000
 

@@ -87,11 +87,6 @@ def checkpoint_override(info: Any, opts: Any) -> Any:
     return find_checkpoint_override(rules, *[str(n) for n in names if n])
 
 
-#: A k-diffusion sigma table whose last sigma exceeds this is zero-terminal-SNR (alpha_bar_T = 1/(1 + sigma^2) < 1e-6,
-#: the same threshold as ``schedule.ZERO_SNR_THRESHOLD``).
-ZTSNR_SIGMA_MAX_THRESHOLD = (1.0 / schedule.ZERO_SNR_THRESHOLD - 1.0) ** 0.5
-
-
 def sampler_table_state(sampler: Any) -> tuple[bool, bool] | None:
     """(is ZTSNR, is finite) of the sigma table the pass's k-diffusion wrapper actually holds, or None without one.
 
@@ -104,7 +99,7 @@ def sampler_table_state(sampler: Any) -> tuple[bool, bool] | None:
         return None
     last = float(sigmas[-1])
     finite = bool(torch.isfinite(sigmas).all())
-    return (finite and last > ZTSNR_SIGMA_MAX_THRESHOLD), finite
+    return (finite and last > schedule.ZERO_SNR_SIGMA_THRESHOLD), finite
 
 
 def model_facts(sd_model: Any, opts: Any, sampler: Any = None) -> ModelFacts:
@@ -228,13 +223,18 @@ def sampler_facts(sampler: Any, opts: Any, p: Any = None) -> SamplerFacts:
 # --- applying a plan --------------------------------------------------------------------------------------------------
 
 
-def ztsnr_sigma_table(sd_model: Any, device: torch.device) -> torch.Tensor:
-    """The model's ZTSNR sigma table, from ``alphas_cumprod_original`` (never the fp16 or already-rescaled current one)."""
+def ztsnr_alphas(sd_model: Any) -> torch.Tensor:
+    """The model's ZTSNR alpha-bar in float64 on the CPU, from ``alphas_cumprod_original`` (never the fp16 downcast
+    or an already-rescaled current table; the current one only when the WebUI kept no original)."""
     source = getattr(sd_model, "alphas_cumprod_original", None)
     if source is None:
         source = sd_model.alphas_cumprod
-    alphas = schedule.ztsnr_alphas_cumprod(source.detach().to("cpu", torch.float64), dtype=torch.float64)
-    return schedule.sigmas_from_alphas_cumprod(alphas).to(device=device, dtype=torch.float32)
+    return schedule.ztsnr_alphas_cumprod(source.detach().to("cpu", torch.float64), dtype=torch.float64)
+
+
+def ztsnr_sigma_table(sd_model: Any, device: torch.device) -> torch.Tensor:
+    """The model's ZTSNR k-diffusion sigma table (float32 on ``device``), from :func:`ztsnr_alphas`."""
+    return schedule.sigmas_from_alphas_cumprod(ztsnr_alphas(sd_model)).to(device=device, dtype=torch.float32)
 
 
 def install_sigma_table(model_wrap: Any, sigmas: torch.Tensor) -> None:
@@ -298,6 +298,19 @@ def _install_cfg_rescale(cfg_denoiser: Any) -> None:
         cfg_denoiser.combine_denoised = functools.partial(combine_with_rescale, cfg_denoiser)
 
 
+def _fit_denoiser(cfg_denoiser: Any, plan: Plan, sd_model: Any, opts: Any) -> Any:
+    """Give a k-diffusion CFG denoiser what an active ``plan`` asks for: the v/eps wrapper override, the ZTSNR sigma
+    table on its wrapper, and the CFG-rescale combine. Returns the wrapper (the sampler's ``model_wrap``)."""
+    if plan.override_prediction is not None:
+        cfg_denoiser.model_wrap = build_denoiser(plan.override_prediction, sd_model, opts)
+    wrapper = cfg_denoiser.inner_model  # the existing wrapper, or the WebUI builds one for the loaded model
+    if plan.install_ztsnr_table:
+        install_sigma_table(wrapper, ztsnr_sigma_table(sd_model, wrapper.sigmas.device))
+    if plan.cfg_rescale > 0:
+        _install_cfg_rescale(cfg_denoiser)
+    return wrapper
+
+
 def apply_plan(p: Any, plan: Plan, params: VPredParams, sd_model: Any, opts: Any) -> None:
     """Apply ``plan`` to this pass's sampler (``p.sampler``) and ``p``. An inactive plan changes nothing but undoes
     our own scheduler override from an earlier pass of the same ``p`` (and, when a refiner is set, leaves a marker so
@@ -323,13 +336,7 @@ def apply_plan(p: Any, plan: Plan, params: VPredParams, sd_model: Any, opts: Any
             p.extra_generation_params.update(plan.infotext())
         return
     cfg = sampler.model_wrap_cfg
-    if plan.override_prediction is not None:
-        wrapper = build_denoiser(plan.override_prediction, sd_model, opts)
-        cfg.model_wrap = wrapper
-        sampler.model_wrap = wrapper
-    if plan.install_ztsnr_table:
-        mw = sampler.model_wrap
-        install_sigma_table(mw, ztsnr_sigma_table(sd_model, mw.sigmas.device))
+    sampler.model_wrap = _fit_denoiser(cfg, plan, sd_model, opts)
     if plan.trailing:
         _set_scheduler_override(p, TrailingSchedule(sampler))
     if plan.euler_first_step and not getattr(sampler, ATTR_EULER_FIRST, False):
@@ -337,8 +344,6 @@ def apply_plan(p: Any, plan: Plan, params: VPredParams, sd_model: Any, opts: Any
         setattr(sampler, ATTR_EULER_FIRST, True)
     setattr(cfg, ATTR_PLAN, plan)
     setattr(cfg, ATTR_PARAMS, params)
-    if plan.cfg_rescale > 0:
-        _install_cfg_rescale(cfg)
     p.extra_generation_params.update(plan.infotext())
 
 
@@ -362,13 +367,6 @@ def on_cfg_denoiser(params: Any, *, sd_model_getter: Any, opts: Any) -> None:
         sd_model = sd_model_getter()
         vparams = getattr(denoiser, ATTR_PARAMS)
         new_plan = decide(vparams, model_facts(sd_model, opts), sampler_facts(denoiser.sampler, opts))
-        wrapper = denoiser.inner_model  # the WebUI builds the refiner's own wrapper
         if new_plan.active:
-            if new_plan.override_prediction is not None:
-                wrapper = build_denoiser(new_plan.override_prediction, sd_model, opts)
-                denoiser.model_wrap = wrapper
-            if new_plan.install_ztsnr_table:
-                install_sigma_table(wrapper, ztsnr_sigma_table(sd_model, wrapper.sigmas.device))
-            if new_plan.cfg_rescale > 0:
-                _install_cfg_rescale(denoiser)
+            _fit_denoiser(denoiser, new_plan, sd_model, opts)
         setattr(denoiser, ATTR_PLAN, new_plan if new_plan.active else Plan(active=False))

@@ -27,8 +27,9 @@ from typing import Any
 
 import torch
 
-from lib_vpred import guidance, schedule, timestep
+from lib_vpred import guidance, timestep
 from lib_vpred.plan import Plan
+from lib_vpred.webui import hooks
 
 logger = logging.getLogger("vpred")
 
@@ -49,14 +50,8 @@ class TimestepState:
 
 
 def ztsnr_alphas_table(sd_model: Any) -> torch.Tensor:
-    """ZTSNR alpha-bar from ``alphas_cumprod_original`` in float64 (never the fp16 downcast or an already-rescaled
-    current table), cast to float32 on the current table's device."""
-    current = sd_model.alphas_cumprod
-    source = getattr(sd_model, "alphas_cumprod_original", None)
-    if source is None:
-        source = current
-    table = schedule.ztsnr_alphas_cumprod(source.detach().to("cpu", torch.float64), dtype=torch.float64)
-    return table.to(device=current.device, dtype=torch.float32)
+    """The model's ZTSNR alpha-bar (``hooks.ztsnr_alphas``), cast to float32 on the current table's device."""
+    return hooks.ztsnr_alphas(sd_model).to(device=sd_model.alphas_cumprod.device, dtype=torch.float32)
 
 
 class VDenoiser(torch.nn.Module):
