@@ -4,6 +4,10 @@
 #   bash tools/dev.sh test    # set up .venv (first run only), lint, and run the test suite
 #   bash tools/dev.sh bench   # set up .venv and run every benchmark
 #   bash tools/dev.sh setup   # only set up .venv
+#   bash tools/dev.sh host a1111   # build a real WebUI host for the live and browser tiers (tools/host.py)
+# `test` also runs the live and browser tiers against a real WebUI when VPRED_LIVE says so (default: on under CI=true
+# or when ../shared/hosts exists; VPRED_LIVE=1 builds from GitHub; VPRED_LIVE=0 turns them off): it builds the host
+# (first time only), starts it, runs pytest and stops it. Under CI a host that cannot be built or started fails the run.
 # The environment is re-created when requirements-*.txt change (requirements-lock.txt pins every transitive package).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +36,49 @@ setup() {
   echo "$want" > "$STAMP"
 }
 
+live_enabled() {
+  case "${VPRED_LIVE:-auto}" in
+    0 | off | no | false) return 1 ;;
+    1 | on | yes | true) return 0 ;;
+  esac
+  [ "${CI:-}" = "true" ] || [ -d ../shared/hosts ] || [ -n "${VPRED_HOST_SOURCES:-}" ]
+}
+
+ensure_chromium() {
+  local chrome=${VPRED_CHROMIUM:-/usr/bin/chromium}
+  [ -x "$chrome" ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[dev] installing Debian's chromium for the browser tier" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+      || echo "[dev] apt-get install chromium failed" >&2
+  fi
+  [ -x "$chrome" ] || echo "[dev] no browser at $chrome: install Debian's chromium or set VPRED_CHROMIUM" >&2
+}
+
+HOSTS_STARTED=()
+stop_hosts() {
+  for h in "${HOSTS_STARTED[@]}"; do "$VENV/bin/python" tools/host.py stop "$h" || true; done
+}
+
+start_live_tier() {
+  if [ -n "${VPRED_WEBUI_URL:-}" ]; then
+    echo "[dev] live tier: using the WebUI at $VPRED_WEBUI_URL" >&2
+    export VPRED_REQUIRE_LIVE=1
+    return 0
+  fi
+  if ! live_enabled; then
+    echo "[dev] live and browser tiers off (no ../shared/hosts, CI unset): VPRED_LIVE=1 builds a real WebUI from GitHub" >&2
+    return 0
+  fi
+  ensure_chromium
+  "$VENV/bin/python" tools/host.py build a1111
+  trap stop_hosts EXIT
+  HOSTS_STARTED+=(a1111)
+  VPRED_WEBUI_URL=$("$VENV/bin/python" tools/host.py start a1111)
+  VPRED_WEBUI_LOG=$("$VENV/bin/python" tools/host.py log a1111)
+  export VPRED_WEBUI_URL VPRED_WEBUI_LOG VPRED_REQUIRE_LIVE=1
+}
+
 cmd=${1:-test}
 shift || true
 case "$cmd" in
@@ -41,11 +88,13 @@ case "$cmd" in
     setup
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .
-    exec "$VENV/bin/python" -m pytest "$@"
+    start_live_tier
+    "$VENV/bin/python" -m pytest "$@"
     ;;
+  host) setup; "$VENV/bin/python" tools/host.py build "${1:-a1111}" ;;
   bench)
     setup
     for b in bench/bench_*.py; do "$VENV/bin/python" "$b" "$@"; done
     ;;
-  *) echo "usage: bash tools/dev.sh {demo|test|bench|setup}" >&2; exit 2 ;;
+  *) echo "usage: bash tools/dev.sh {demo|test|bench|setup|host HOST}" >&2; exit 2 ;;
 esac

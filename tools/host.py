@@ -1,0 +1,591 @@
+#!/usr/bin/env python3
+"""Build, start and stop a real WebUI host for the live and browser test tiers (standard library only).
+
+    python3 tools/host.py build a1111     # idempotent: a second run checks the build and returns
+    python3 tools/host.py start a1111     # prints the base URL; waits until the model is loaded
+    python3 tools/host.py stop a1111
+    python3 tools/host.py status a1111
+    python3 tools/host.py path a1111      # the host's folder
+    python3 tools/host.py log a1111       # the running host's log file
+
+Environment: ``VPRED_<HOST>_PORT`` (e.g. ``VPRED_A1111_PORT``, default 7860) to run a second instance beside the
+first; ``VPRED_MODELS_DIR`` for the tiny checkpoints (default ``<host>/tiny-models``).
+
+A host is a real, unmodified WebUI at a pinned commit, with the repositories it pins, its own venv (the pinned torch
+2.14.1 / torchvision 0.29.1 pair and the WebUI's ``requirements_versions.txt`` with only the changes listed in
+``Host.requirements``), and the tiny test checkpoints from ``tests/webui/tiny_models.py``. This extension is linked
+into its ``extensions/`` folder at start.
+
+Sources, in this order:
+1. ``VPRED_HOST_SOURCES``: a folder of source tarballs (the layout of ``../shared/hosts``: ``<name>-<commit[:10]>.tar.gz``);
+2. ``../shared/hosts`` beside this repository, when it exists;
+3. otherwise GitHub: ``git clone`` of the same repositories, checked out at the same commits.
+Every tarball's sha256 and every clone's commit is verified against the table below before anything is built.
+
+Where: ``VPRED_HOSTS_DIR`` (default ``~/.cache/sd-webui-vpred/hosts``), one folder per host. It must lie outside this
+repository (the WebUI runs ``git describe`` for its version; inside a checkout it would see this repository's git).
+The WebUI runs offline on CPU, bound to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_SOURCES = REPO.parent / "shared" / "hosts"
+TINY_MODELS = REPO / "tests" / "webui" / "tiny_models.py"
+#: Bump when the build recipe changes in a way that needs a rebuild of existing hosts.
+RECIPE_VERSION = 1
+
+TORCH_PINS = ("torch==2.14.1", "torchvision==0.29.1")
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "DO_NOT_TRACK": "1",
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "PYTHONUNBUFFERED": "1",
+    "COMMANDLINE_ARGS": "",
+}
+
+
+@dataclass(frozen=True)
+class Source:
+    """One pinned source tree: its tarball name in the sources folder, its GitHub repository and commit."""
+
+    name: str
+    github: str
+    commit: str
+    sha256_prefix: str
+    #: where it goes, relative to the host root ("" for the root itself); None: installed with pip from its folder
+    dest: str | None
+
+    @property
+    def tarball(self) -> str:
+        return f"{self.name}-{self.commit[:10]}.tar.gz"
+
+
+A1111_REPOSITORIES = (
+    Source(
+        "stable-diffusion-webui-assets",
+        "AUTOMATIC1111/stable-diffusion-webui-assets",
+        "6f7db241d2f8ba7457bac5ca9753331f0c266917",
+        "69bb0c123841f27f",
+        "repositories/stable-diffusion-webui-assets",
+    ),
+    Source(
+        "stable-diffusion-stability-ai",
+        "Stability-AI/stablediffusion",
+        "cf1d67a6fd5ea1aa600c4df58e5b47da45f6bdbf",
+        "d8eea58c87d2d648",
+        "repositories/stable-diffusion-stability-ai",
+    ),
+    Source(
+        "generative-models",
+        "Stability-AI/generative-models",
+        "45c443b316737a4ab6e40413d7794a7f5657c19f",
+        "8e897929ffc29887",
+        "repositories/generative-models",
+    ),
+    Source(
+        "k-diffusion",
+        "crowsonkb/k-diffusion",
+        "ab527a9a6d347f364e3d185ba6d714e22d80cb3c",
+        "9976be20dba3129a",
+        "repositories/k-diffusion",
+    ),
+    Source(
+        "BLIP",
+        "salesforce/BLIP",
+        "48211a1594f1321b00f14c9f7a5b4813144b2fb9",
+        "4e879587d88fae35",
+        "repositories/BLIP",
+    ),
+)
+#: openai CLIP at the commit A1111's prepare_environment installs (k_diffusion/evaluation.py imports ``clip``)
+OPENAI_CLIP = Source(
+    "openai-clip", "openai/CLIP", "d50d76daa670286dd6cacf3bcd80b5e4823fc8e1", "60da9e04a801e76b", None
+)
+
+
+@dataclass(frozen=True)
+class Host:
+    """A WebUI flavour: its sources, its requirement changes and how it is launched."""
+
+    key: str
+    title: str
+    root: Source
+    sources: tuple[Source, ...]
+    port: int
+    launch_args: tuple[str, ...]
+    #: (pattern, replacement-or-None) applied line by line to requirements_versions.txt: None drops the line
+    requirement_edits: tuple[tuple[str, str | None], ...] = ()
+    extra_requirements: tuple[str, ...] = ()
+    #: log lines that mean the host is ready / failed to load its model
+    ready_marks: tuple[str, ...] = ("Model loaded in",)
+    failure_marks: tuple[str, ...] = ("Stable diffusion model failed to load",)
+    startup_checkpoint: str = "tiny-eps.safetensors"
+    env: dict[str, str] = field(default_factory=dict)
+
+    def requirements(self, text: str) -> list[str]:
+        """The host's ``requirements_versions.txt`` with this project's changes (CRLF-safe), plus the torch pins."""
+        out: list[str] = []
+        for raw in text.splitlines():
+            line = raw.strip()
+            if not line:
+                continue
+            name = line.split("#", 1)[0].strip()
+            for pattern, replacement in self.requirement_edits:
+                if name == pattern or name.startswith(pattern + "=="):
+                    line = replacement
+                    break
+            if line:
+                out.append(line)
+        return [*out, *TORCH_PINS, *self.extra_requirements]
+
+
+A1111 = Host(
+    key="a1111",
+    title="AUTOMATIC1111 WebUI v1.10.1",
+    root=Source(
+        "a1111-webui",
+        "kklouzal/stable-diffusion-webui",
+        "82a973c04367123ae98bd9abdf80d9eda9b910e2",
+        "73b37644f70f7063",
+        "",
+    ),
+    sources=(*A1111_REPOSITORIES, OPENAI_CLIP),
+    port=7860,
+    launch_args=(
+        "--skip-prepare-environment",
+        "--skip-install",
+        "--no-download-sd-model",
+        "--do-not-download-clip",
+        "--use-cpu",
+        "all",
+        "--no-half",
+        "--precision",
+        "full",
+        "--api",
+        "--skip-torch-cuda-test",
+        "--skip-version-check",
+    ),
+    requirement_edits=(
+        # torch 2.14 declares setuptools>=77.0.3; with the old pin pip backtracks through every older torch.
+        # <81 keeps pkg_resources (lightning_fabric and openai clip import it).
+        ("setuptools", "setuptools>=77.0.3,<81"),
+        # unpinned in the WebUI; pinned below to the pair this project tests with
+        ("torch", None),
+    ),
+)
+
+HOSTS = {h.key: h for h in (A1111,)}
+
+
+def log(msg: str) -> None:
+    print(f"[host] {msg}", file=sys.stderr, flush=True)
+
+
+class HostError(RuntimeError):
+    """A host could not be built or started; the message says what to do."""
+
+
+def hosts_dir() -> Path:
+    base = os.environ.get("VPRED_HOSTS_DIR")
+    if base:
+        path = Path(base).expanduser()
+    else:
+        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        path = Path(cache) / "sd-webui-vpred" / "hosts"
+    path = path.resolve()
+    if path == REPO or REPO in path.parents:
+        raise HostError(f"VPRED_HOSTS_DIR={path} is inside this repository; put the hosts outside it")
+    return path
+
+
+def host_dir(host: Host) -> Path:
+    return hosts_dir() / host.key
+
+
+def sources_dir() -> Path | None:
+    """The folder of source tarballs to build from, or None for GitHub."""
+    given = os.environ.get("VPRED_HOST_SOURCES")
+    if given:
+        path = Path(given).expanduser()
+        if not path.is_dir():
+            raise HostError(f"VPRED_HOST_SOURCES={given} is not a folder")
+        return path
+    return SHARED_SOURCES if SHARED_SOURCES.is_dir() else None
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run(cmd: list[str], **kw) -> None:
+    log("$ " + " ".join(cmd))
+    subprocess.run(cmd, check=True, **kw)
+
+
+def unpack(src: Source, folder: Path, dest: Path) -> None:
+    """Unpack a verified tarball (one top-level folder) into ``dest``."""
+    tarball = folder / src.tarball
+    if not tarball.is_file():
+        raise HostError(f"{tarball} is missing (expected {src.github}@{src.commit})")
+    digest = sha256(tarball)
+    if not digest.startswith(src.sha256_prefix):
+        raise HostError(f"{tarball}: sha256 {digest[:16]} is not the expected {src.sha256_prefix} ({src.github})")
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp, tarfile.open(tarball) as tar:
+        tar.extractall(tmp, filter="data")
+        (top,) = list(Path(tmp).iterdir())
+        if dest.exists():
+            # the root folder may already hold what was placed before (venv): merge into it
+            for item in top.iterdir():
+                target = dest / item.name
+                if target.exists():
+                    shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
+                shutil.move(str(item), target)
+        else:
+            shutil.move(str(top), dest)
+
+
+def clone(src: Source, dest: Path) -> None:
+    """Clone ``src`` from GitHub at its pinned commit and verify it."""
+    url = f"https://github.com/{src.github}.git"
+    tmp = dest.with_name(dest.name + ".clone")
+    shutil.rmtree(tmp, ignore_errors=True)
+    run(["git", "clone", "-q", "--filter=blob:none", "--no-checkout", url, str(tmp)])
+    run(["git", "-C", str(tmp), "checkout", "-q", src.commit])
+    head = subprocess.run(
+        ["git", "-C", str(tmp), "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    if head != src.commit:
+        raise HostError(f"{url}: checked out {head}, expected {src.commit}")
+    if dest.exists():
+        for item in tmp.iterdir():
+            target = dest / item.name
+            if not target.exists():
+                shutil.move(str(item), target)
+        shutil.rmtree(tmp)
+    else:
+        tmp.rename(dest)
+
+
+def fetch_source(src: Source, folder: Path | None, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if folder is not None:
+        unpack(src, folder, dest)
+    else:
+        clone(src, dest)
+
+
+def recipe(host: Host) -> dict:
+    """What a finished build was made from; a build whose stamp differs is rebuilt."""
+    return {
+        "recipe": RECIPE_VERSION,
+        "host": host.key,
+        "sources": {s.name: s.commit for s in (host.root, *host.sources)},
+        "edits": [list(e) for e in host.requirement_edits],
+        "extra": list(host.extra_requirements),
+        "torch": list(TORCH_PINS),
+        "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+    }
+
+
+def stamp_path(host: Host) -> Path:
+    return host_dir(host) / ".vpred-host.json"
+
+
+def is_built(host: Host) -> bool:
+    stamp = stamp_path(host)
+    if not stamp.is_file():
+        return False
+    try:
+        data = json.loads(stamp.read_text())
+    except ValueError:
+        return False
+    if data != recipe(host):
+        return False
+    py = host_dir(host) / "venv" / "bin" / "python"
+    if not py.is_file():
+        return False
+    check = subprocess.run([str(py), "-c", "import torch, gradio, safetensors"], capture_output=True)
+    return check.returncode == 0
+
+
+def pip(py: Path, *args: str) -> None:
+    """``pip install`` into the host's venv; drops only the notices some machines print for absent local indexes."""
+    cmd = [str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *args]
+    log("$ " + " ".join(cmd))
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    for line in (done.stdout + done.stderr).splitlines():
+        if "is ignored: it is neither a file nor a directory" not in line:
+            print(line, file=sys.stderr)
+    if done.returncode:
+        raise subprocess.CalledProcessError(done.returncode, cmd)
+
+
+def build(host: Host) -> Path:
+    root = host_dir(host)
+    if is_built(host):
+        log(f"{host.title} is built at {root}")
+        return root
+    folder = sources_dir()
+    log(f"building {host.title} at {root} from {folder or 'GitHub'}")
+    if root.exists():
+        log(f"removing the incomplete or outdated build at {root}")
+        shutil.rmtree(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    fetch_source(host.root, folder, root)
+    piped: list[Path] = []
+    for src in host.sources:
+        dest = root / src.dest if src.dest is not None else root / "vpred-build" / src.name
+        fetch_source(src, folder, dest)
+        if src.dest is None:
+            piped.append(dest)
+    py_exe = shutil.which("python3.11") or sys.executable
+    run([py_exe, "-m", "venv", str(root / "venv")])
+    py = root / "venv" / "bin" / "python"
+    reqs = host.requirements((root / "requirements_versions.txt").read_text(encoding="utf-8"))
+    req_file = root / "vpred-build" / "requirements.txt"
+    req_file.parent.mkdir(parents=True, exist_ok=True)
+    req_file.write_text("\n".join(reqs) + "\n")
+    pip(py, *TORCH_PINS)
+    pip(py, "-r", str(req_file))
+    for folder_path in piped:
+        # setup.py-only packages: build with the venv's own setuptools
+        pip(py, "--no-build-isolation", "--no-deps", str(folder_path))
+    run([str(py), "-m", "pip", "check"])
+    stamp_path(host).write_text(json.dumps(recipe(host), indent=2) + "\n")
+    log(f"built {host.title} in {time.monotonic() - started:.0f} s")
+    return root
+
+
+# --- tiny checkpoints --------------------------------------------------------------------------------------------
+
+
+def models_dir(host: Host) -> Path:
+    given = os.environ.get("VPRED_MODELS_DIR")
+    return Path(given).expanduser().resolve() if given else host_dir(host) / "tiny-models"
+
+
+def ensure_models(host: Host) -> Path:
+    """Generate the tiny checkpoints with the host's own venv (again whenever tiny_models.py changes)."""
+    out = models_dir(host)
+    want = sha256(TINY_MODELS)
+    stamp = out / ".tiny_models.sha256"
+    if stamp.is_file() and stamp.read_text().strip() == want:
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    py = host_dir(host) / "venv" / "bin" / "python"
+    run([str(py), str(TINY_MODELS), str(out), "--webui", str(host_dir(host))])
+    stamp.write_text(want + "\n")
+    return out
+
+
+# --- start / stop ------------------------------------------------------------------------------------------------
+
+
+def pid_file(host: Host) -> Path:
+    return host_dir(host) / f"vpred-live-{port(host)}.pid"
+
+
+def log_file(host: Host) -> Path:
+    """The running host's log (one per port, so that two instances of one host can run side by side)."""
+    return host_dir(host) / f"vpred-live-{port(host)}.log"
+
+
+def url(host: Host) -> str:
+    return f"http://127.0.0.1:{port(host)}"
+
+
+def port(host: Host) -> int:
+    return int(os.environ.get(f"VPRED_{host.key.upper()}_PORT", host.port))
+
+
+def running_pid(host: Host) -> int | None:
+    try:
+        pid = int(pid_file(host).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return None
+    return pid
+
+
+def link_extension(host: Host, enabled: bool) -> None:
+    ext = host_dir(host) / "extensions"
+    ext.mkdir(exist_ok=True)
+    link = ext / "sd-webui-vpred"
+    if link.is_symlink():
+        link.unlink()
+    elif link.exists():
+        raise HostError(f"{link} exists and is not a symlink; remove it")
+    if enabled:
+        link.symlink_to(REPO, target_is_directory=True)
+
+
+def answers(address: str, timeout: float = 5.0) -> bool:
+    try:
+        with urllib.request.urlopen(address, timeout=timeout) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def tail(path: Path, lines: int = 60) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def start(host: Host, *, extension: bool = True, timeout: float = 600.0, extra_args: tuple[str, ...] = ()) -> str:
+    """Start the host in the background (its own process group), wait until its model is loaded, return the URL."""
+    if not is_built(host):
+        raise HostError(f"{host.title} is not built: run `python3 tools/host.py build {host.key}`")
+    if running_pid(host) is not None:
+        raise HostError(
+            f"{host.title} already runs (pid {running_pid(host)}): `python3 tools/host.py stop {host.key}`"
+        )
+    base = url(host)
+    if answers(base + "/", timeout=2):
+        raise HostError(f"something already listens on {base}")
+    models = ensure_models(host)
+    link_extension(host, extension)
+    root = host_dir(host)
+    logpath = log_file(host)
+    env = {**os.environ, **OFFLINE_ENV, **host.env}
+    # The WebUI asks git for its version: never let it find a repository above the host folder.
+    env["GIT_CEILING_DIRECTORIES"] = str(root.parent)
+    cmd = [
+        str(root / "venv" / "bin" / "python"),
+        "launch.py",
+        *host.launch_args,
+        "--port",
+        str(port(host)),
+        "--ckpt-dir",
+        str(models),
+        "--ckpt",
+        str(models / host.startup_checkpoint),
+        *extra_args,
+    ]
+    log(f"starting {host.title}: {' '.join(cmd)}")
+    with logpath.open("w") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=root,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    pid_file(host).write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + timeout
+
+    def fail(why: str) -> None:
+        stop(host)
+        raise HostError(f"{host.title}: {why}\n--- last lines of {logpath} ---\n{tail(logpath)}")
+
+    def wait(condition, what: str) -> None:
+        while not condition():
+            text = logpath.read_text(errors="replace")
+            if any(mark in text for mark in host.failure_marks):
+                fail("the model failed to load")
+            if proc.poll() is not None:
+                fail(f"exited with code {proc.returncode} while waiting for {what}")
+            if time.monotonic() > deadline:
+                fail(f"no {what} after {timeout:.0f} s")
+            time.sleep(1)
+
+    # The first HTTP request must wait for startup to finish: a request in the first seconds can kill it
+    # ("Cannot add middleware after an application has started").
+    wait(lambda: "Startup time" in logpath.read_text(errors="replace"), "'Startup time' in the log")
+    wait(lambda: answers(base + "/sdapi/v1/sd-models"), "answer from /sdapi/v1/sd-models")
+    wait(lambda: any(m in logpath.read_text(errors="replace") for m in host.ready_marks), "model loaded")
+    log(f"{host.title} ready at {base} (pid {proc.pid}, log {logpath})")
+    return base
+
+
+def wait_for_exit(pid: int, seconds: float) -> bool:
+    """Wait until ``pid`` is gone (reaping it when it is our own child); True when it is."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.25)
+    return False
+
+
+def stop(host: Host) -> None:
+    pid = running_pid(host)
+    if pid is None:
+        pid_file(host).unlink(missing_ok=True)
+        return
+    log(f"stopping {host.title} (pid {pid})")
+    for sig, grace in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig)
+        if wait_for_exit(pid, grace):
+            break
+    pid_file(host).unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=("build", "start", "stop", "status", "path", "log"))
+    parser.add_argument("host", choices=sorted(HOSTS))
+    parser.add_argument("--no-extension", action="store_true", help="start without this extension (a baseline)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for startup")
+    args = parser.parse_args(argv)
+    host = HOSTS[args.host]
+    try:
+        if args.command == "build":
+            build(host)
+            ensure_models(host)
+        elif args.command == "start":
+            print(start(host, extension=not args.no_extension, timeout=args.timeout))
+        elif args.command == "stop":
+            stop(host)
+        elif args.command == "status":
+            pid = running_pid(host)
+            print(f"built: {is_built(host)}; running: {pid or 'no'}; {host_dir(host)}")
+        elif args.command == "log":
+            print(log_file(host))
+        else:
+            print(host_dir(host))
+    except (HostError, subprocess.CalledProcessError) as e:
+        log(f"error: {e}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
