@@ -13,8 +13,8 @@ first; ``VPRED_MODELS_DIR`` for the tiny checkpoints (default ``<host>/tiny-mode
 
 A host is a real, unmodified WebUI at a pinned commit, with the repositories it pins, its own venv (the pinned torch
 2.14.1 / torchvision 0.29.1 pair and the WebUI's ``requirements_versions.txt`` with only the changes listed in
-``Host.requirements``), and the tiny test checkpoints from ``tests/webui/tiny_models.py``. This extension is linked
-into its ``extensions/`` folder at start.
+``Host.requirements``), and the tiny test checkpoints from ``tests/webui/tiny_models.py``. This checkout is copied
+into its ``extensions/sd-webui-vpred`` at every start (tracked and untracked-not-ignored files, as a clone has them).
 
 Sources, in this order:
 1. ``VPRED_HOST_SOURCES``: a folder of source tarballs (the layout of ``../shared/hosts``: ``<name>-<commit[:10]>.tar.gz``);
@@ -22,8 +22,10 @@ Sources, in this order:
 3. otherwise GitHub: ``git clone`` of the same repositories, checked out at the same commits.
 Every tarball's sha256 and every clone's commit is verified against the table below before anything is built.
 
-Where: ``VPRED_HOSTS_DIR`` (default ``~/.cache/sd-webui-vpred/hosts``), one folder per host. It must lie outside this
-repository (the WebUI runs ``git describe`` for its version; inside a checkout it would see this repository's git).
+Where: ``VPRED_HOSTS_DIR`` (default ``~/sd-webui-vpred-hosts``), one folder per host. It must lie outside this
+repository (the WebUI runs ``git describe`` for its version; inside a checkout it would see this repository's git),
+and no folder on its path may start with a dot: gradio refuses to serve any file below a dot-folder (HTTP 403), so a
+WebUI under ``~/.cache`` loads no JavaScript or CSS at all.
 The WebUI runs offline on CPU, bound to 127.0.0.1.
 """
 
@@ -206,14 +208,14 @@ class HostError(RuntimeError):
 
 def hosts_dir() -> Path:
     base = os.environ.get("VPRED_HOSTS_DIR")
-    if base:
-        path = Path(base).expanduser()
-    else:
-        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        path = Path(cache) / "sd-webui-vpred" / "hosts"
-    path = path.resolve()
+    path = (Path(base).expanduser() if base else Path.home() / "sd-webui-vpred-hosts").resolve()
     if path == REPO or REPO in path.parents:
         raise HostError(f"VPRED_HOSTS_DIR={path} is inside this repository; put the hosts outside it")
+    if any(part.startswith(".") for part in path.parts):
+        raise HostError(
+            f"hosts folder {path} has a dot-folder on its path: gradio would refuse to serve the WebUI's files (403); "
+            "set VPRED_HOSTS_DIR to a path without one"
+        )
     return path
 
 
@@ -435,16 +437,41 @@ def running_pid(host: Host) -> int | None:
     return pid
 
 
-def link_extension(host: Host, enabled: bool) -> None:
+def extension_files() -> list[Path]:
+    """This checkout's files as a user's clone would have them: tracked and untracked-but-not-ignored files."""
+    listed = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        capture_output=True,
+        check=False,
+    )
+    if listed.returncode == 0:
+        names = [n for n in listed.stdout.decode().split("\0") if n]
+    else:  # not a git checkout (an unpacked archive): everything but caches and environments
+        skip = {".git", ".venv", "out", "__pycache__", ".pytest_cache", ".ruff_cache"}
+        names = [
+            str(p.relative_to(REPO))
+            for p in REPO.rglob("*")
+            if p.is_file() and not skip.intersection(p.relative_to(REPO).parts)
+        ]
+    return [Path(n) for n in names if (REPO / n).is_file()]
+
+
+def install_extension(host: Host, enabled: bool) -> None:
+    """Install this checkout into ``extensions/sd-webui-vpred`` as a copy, like a user's clone (a symlink out of the
+    WebUI folder would make gradio refuse to serve the extension's JavaScript and CSS)."""
     ext = host_dir(host) / "extensions"
     ext.mkdir(exist_ok=True)
-    link = ext / "sd-webui-vpred"
-    if link.is_symlink():
-        link.unlink()
-    elif link.exists():
-        raise HostError(f"{link} exists and is not a symlink; remove it")
-    if enabled:
-        link.symlink_to(REPO, target_is_directory=True)
+    dest = ext / "sd-webui-vpred"
+    if dest.is_symlink():
+        dest.unlink()
+    elif dest.exists():
+        shutil.rmtree(dest)
+    if not enabled:
+        return
+    for name in extension_files():
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, target)
 
 
 def answers(address: str, timeout: float = 5.0) -> bool:
@@ -474,7 +501,7 @@ def start(host: Host, *, extension: bool = True, timeout: float = 600.0, extra_a
     if answers(base + "/", timeout=2):
         raise HostError(f"something already listens on {base}")
     models = ensure_models(host)
-    link_extension(host, extension)
+    install_extension(host, extension)
     root = host_dir(host)
     logpath = log_file(host)
     env = {**os.environ, **OFFLINE_ENV, **host.env}
