@@ -5,6 +5,7 @@
 #   bash tools/dev.sh bench   # set up .venv and run every benchmark
 #   bash tools/dev.sh setup   # only set up .venv
 #   bash tools/dev.sh host a1111   # build a real WebUI host for the live and browser tiers (tools/host.py)
+#   bash tools/dev.sh screenshot   # regenerate docs/panel.png from the real page (starts the host if needed)
 # `test` also runs the live and browser tiers against a real WebUI when VPRED_LIVE says so (default: on under CI=true
 # or when ../shared/hosts exists; VPRED_LIVE=1 builds from GitHub; VPRED_LIVE=0 turns them off): it builds the host
 # (first time only), starts it, runs pytest and stops it. Under CI a host that cannot be built or started fails the run.
@@ -92,9 +93,20 @@ case "$cmd" in
     "$VENV/bin/python" -m pytest "$@"
     ;;
   host) setup; "$VENV/bin/python" tools/host.py build "${1:-a1111}" ;;
+  screenshot)
+    setup
+    ensure_chromium
+    if [ -z "${VPRED_WEBUI_URL:-}" ]; then
+      "$VENV/bin/python" tools/host.py build a1111
+      trap stop_hosts EXIT
+      HOSTS_STARTED+=(a1111)
+      VPRED_WEBUI_URL=$("$VENV/bin/python" tools/host.py start a1111)
+    fi
+    "$VENV/bin/python" tools/screenshot.py --url "$VPRED_WEBUI_URL" "$@"
+    ;;
   bench)
     setup
     for b in bench/bench_*.py; do "$VENV/bin/python" "$b" "$@"; done
     ;;
-  *) echo "usage: bash tools/dev.sh {demo|test|bench|setup|host HOST}" >&2; exit 2 ;;
+  *) echo "usage: bash tools/dev.sh {demo|test|bench|setup|host HOST|screenshot}" >&2; exit 2 ;;
 esac

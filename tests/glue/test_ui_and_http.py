@@ -24,12 +24,36 @@ def _script(w, is_img2img):
 
 
 def _paste(w, is_img2img, params):
-    """What pasting an infotext does with the script's ``infotext_fields`` (callables get the parsed dict)."""
+    """What the WebUI's paste button does with the script's ``infotext_fields`` (v1.10.1 ``infotext_utils.connect_paste``
+    ``paste_func``): run the ``infotext_pasted`` callbacks on the parsed dict, then set each field from its key (a
+    callable gets the dict; a name is looked up and converted by the type of the component's value)."""
+    from modules import script_callbacks
+
+    params = dict(params)
+    script_callbacks.infotext_pasted_callback("", params)
     out = []
-    for _component, key in _script(w, is_img2img).infotext_fields:
-        assert callable(key)
-        out.append(key(dict(params)))
+    for component, key in _script(w, is_img2img).infotext_fields:
+        v = key(params) if callable(key) else params.get(key)
+        if v is None:
+            out.append(component.value)
+            continue
+        valtype = type(component.value)
+        if valtype is bool and v == "False":
+            out.append(False)
+        elif valtype is int:
+            out.append(float(v))
+        else:
+            out.append(valtype(v))
     return out
+
+
+def _send_to(w, source_is_img2img, values):
+    """What a Send to img2img / inpaint button does (``connect_paste_params_buttons``): copy the source tab's fields
+    whose infotext name is in the target's ``paste_field_names`` to the same-named fields of the target tab."""
+    source = dict(zip([k for _, k in _script(w, source_is_img2img).infotext_fields], values, strict=True))
+    names = set(w.runners[True].paste_field_names)
+    target = _script(w, True)
+    return [source[k] if k in names and k in source else c.value for c, k in target.infotext_fields]
 
 
 @pytest.mark.parametrize("is_img2img", [False, True])
@@ -148,6 +172,14 @@ def test_infotext_round_trip_reproduces_the_image(make_webui, args):
         args[3],
         float(args[4]),
     ]
+
+
+@pytest.mark.parametrize(
+    "values", [[True, "v-prediction", "On", "Schedule type", 0.4], [False, "eps", "Off", "Trailing", 0.0]]
+)
+def test_send_to_img2img_copies_every_control(make_webui, values):
+    w = new_webui(make_webui, True, models=[V_SD1])
+    assert _send_to(w, False, values) == values
 
 
 def test_status_text_says_what_was_detected(make_webui):

@@ -1,9 +1,10 @@
 """Live tier: sd-webui-vpred inside a real, running AUTOMATIC1111 WebUI, over HTTP.
 
-Skipped unless ``VPRED_WEBUI_URL`` is set (e.g. ``http://127.0.0.1:7860``). The WebUI must run with ``--api``, this
-extension installed, and the two tiny checkpoints from ``tests/webui/tiny_models.py`` (titles from
-``VPRED_WEBUI_VPRED`` / ``VPRED_WEBUI_EPS``, default ``tiny-vpred`` / ``tiny-eps``). ``VPRED_WEBUI_LOG`` may name the
-WebUI's log file, to check that the extension loaded without errors. See ``tests/webui/README.md``.
+``bash tools/dev.sh test`` builds and starts the WebUI (``tools/host.py``) and sets ``VPRED_WEBUI_URL``; without it
+these tests are skipped. The WebUI must run with ``--api``, this extension installed, and the tiny checkpoints from
+``tests/webui/tiny_models.py`` (titles from ``VPRED_WEBUI_VPRED`` / ``VPRED_WEBUI_EPS``, default ``tiny-vpred`` /
+``tiny-eps``). ``VPRED_WEBUI_LOG`` names the WebUI's log file, to check that the extension loaded without errors.
+See ``tests/webui/README.md``.
 Only the given URL is contacted (it should be a loopback address).
 """
 
@@ -25,7 +26,10 @@ EPS = os.environ.get("VPRED_WEBUI_EPS", "tiny-eps")
 LOG = os.environ.get("VPRED_WEBUI_LOG")
 TIMEOUT = float(os.environ.get("VPRED_WEBUI_TIMEOUT", "600"))
 
-pytestmark = [pytest.mark.webui, pytest.mark.skipif(not URL, reason="set VPRED_WEBUI_URL to run the live tier")]
+SKIP_REASON = (
+    "no WebUI: `bash tools/dev.sh test` starts one (VPRED_LIVE=1 builds it from GitHub), or set VPRED_WEBUI_URL"
+)
+pytestmark = [pytest.mark.webui, pytest.mark.skipif(not URL, reason=SKIP_REASON)]
 
 SMALL = {"width": 64, "height": 64, "steps": 4, "cfg_scale": 7.0, "seed": 1234, "sampler_name": "Euler"}
 
@@ -197,3 +201,28 @@ def test_every_sampler_family_on_both_checkpoints(sampler):
     disabled = generate("txt2img", EPS, sampler_name=sampler, vpred=[False])
     assert enabled["images"][0] == disabled["images"][0]
     assert "VPred" not in infotext(enabled)
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "DDIM"])
+def test_cfg_rescale_changes_the_v_image_and_phi_zero_is_plain_cfg(sampler):
+    """φ is really applied in both sampler families: φ 0.7 and φ 0 differ; the same φ twice is the same image."""
+    rescaled = generate("txt2img", VPRED, vpred=[{"cfg_rescale": 0.7}], sampler_name=sampler)
+    plain = generate("txt2img", VPRED, vpred=[{"cfg_rescale": 0.0}], sampler_name=sampler)
+    again = generate("txt2img", VPRED, vpred=[{"cfg_rescale": 0.0}], sampler_name=sampler)
+    assert plain["images"][0] == again["images"][0]
+    assert rescaled["images"][0] != plain["images"][0]
+    assert "VPred CFG rescale: 0.7" in infotext(rescaled)
+
+
+def test_nothing_leaks_into_the_loaded_model():
+    """The ZTSNR table, trailing override and CFG-rescale wrapper live only for their pass: a disabled v-pred image is
+    the same before and after enabled generations of every kind (k-diffusion, timestep, img2img, hires)."""
+    before = generate("txt2img", VPRED, vpred=[False])
+    before_ddim = generate("txt2img", VPRED, vpred=[False], sampler_name="DDIM")
+    out = generate("txt2img", VPRED, enable_hr=True, hr_scale=1.5, hr_second_pass_steps=2, denoising_strength=0.5)
+    generate("txt2img", VPRED, sampler_name="DDIM")
+    generate("img2img", VPRED, init_images=[out["images"][0]], denoising_strength=0.5)
+    after = generate("txt2img", VPRED, vpred=[False])
+    after_ddim = generate("txt2img", VPRED, vpred=[False], sampler_name="DDIM")
+    assert before["images"][0] == after["images"][0]
+    assert before_ddim["images"][0] == after_ddim["images"][0]

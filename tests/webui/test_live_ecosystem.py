@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from tests.webui.test_live import EPS, SMALL, URL, VPRED, call, generate, infotext
+from tests.webui.test_live import EPS, SKIP_REASON, SMALL, URL, VPRED, call, generate, infotext
 
-pytestmark = [pytest.mark.webui, pytest.mark.skipif(not URL, reason="set VPRED_WEBUI_URL to run the live tier")]
+pytestmark = [pytest.mark.webui, pytest.mark.skipif(not URL, reason=SKIP_REASON)]
 
 XYZ = "x/y/z plot"
 

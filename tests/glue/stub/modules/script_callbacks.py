@@ -76,6 +76,10 @@ def app_started_callback(demo, app):
     _run("app_started", demo, app)
 
 
+def infotext_pasted_callback(infotext, params):
+    _run("infotext_pasted", infotext, params)
+
+
 def model_loaded_callback(sd_model):
     _run("model_loaded", sd_model)
 
