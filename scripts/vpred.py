@@ -167,9 +167,6 @@ script_callbacks.on_cfg_denoiser(
     functools.partial(hooks.on_cfg_denoiser, sd_model_getter=lambda: shared.sd_model, opts=shared.opts),
     name="vpred_capture",
 )
-script_callbacks.on_infotext_pasted(
-    lambda _infotext, params: ui.on_infotext_pasted(params, settings.defaults(shared.opts)), name="vpred_paste"
-)
 script_callbacks.on_app_started(lambda _demo, app: api.register_routes(app, _api_status), name="vpred_api")
 script_callbacks.on_ui_settings(lambda: settings.register(shared.opts, shared.OptionInfo), name="vpred_settings")
 script_callbacks.on_before_ui(lambda: xyz.register(scripts.scripts_data), name="vpred_xyz")

@@ -81,28 +81,29 @@ def sampler_family_by_name(name: str | None) -> str:
     return KDIFFUSION
 
 
-def paste_values(infotext_params: dict[str, Any], defaults: vp.VPredParams) -> dict[str, str]:
-    """Our infotext keys with the control values a paste must set, as strings the WebUI's paste converts by the
-    control's type: the values found in the infotext, else ``defaults`` (so an image without our keys does not
-    inherit the current settings). Legacy CFG rescale keys of other extensions are read too."""
-    found = vp.parse_infotext(infotext_params)
-    out: dict[str, str] = {}
-    for param in vp.PARAMS:
-        if param.infotext_key is None:
-            continue
-        value = found.get(param.name, getattr(defaults, param.name))
-        out[param.infotext_key] = str(bool(value)) if param.kind is bool else str(value)
-    return out
+class InfotextField(str):
+    """One control's entry in ``Script.infotext_fields``: the infotext key itself (a ``str``) that can also read the
+    control's value from a parsed infotext (callable).
 
+    The WebUI uses both faces: its paste button and the API's ``infotext`` field call a callable entry with the parsed
+    dict, while its Send to img2img / inpaint buttons copy only the fields whose entry equals a name in
+    ``paste_field_names``. A plain callable would never be copied by Send to; a plain string would hand the raw
+    infotext text (``on (auto)``) to the control.
+    """
 
-def on_infotext_pasted(infotext_params: dict[str, Any], defaults: vp.VPredParams) -> None:
-    """For ``script_callbacks.on_infotext_pasted``: replace our keys in the parsed infotext with the control values to
-    set. The panel's ``infotext_fields`` name the keys as plain strings, which is what lets the WebUI's Send to
-    img2img / inpaint buttons copy the controls (they copy only fields listed by name in ``paste_field_names``)."""
-    try:
-        infotext_params.update(paste_values(infotext_params, defaults))
-    except Exception:  # a paste must never break because of us
-        logger.exception("[VPred] could not read the pasted infotext")
+    field: str
+    default: Any
+
+    def __new__(cls, key: str, field: str, default: Any) -> InfotextField:
+        self = super().__new__(cls, key)
+        self.field = field
+        self.default = default
+        return self
+
+    def __call__(self, infotext_params: dict[str, Any]) -> Any:
+        """The control's value from the infotext, or the default when the infotext has none of our keys (so an old
+        image does not inherit the current settings). Legacy CFG rescale keys of other extensions are read too."""
+        return vp.parse_infotext(infotext_params).get(self.field, self.default)
 
 
 def status_html(text: str) -> str:
@@ -184,10 +185,11 @@ def build(
             fn=panel.update, inputs=[*controls, webui_state], outputs=[status, preview], show_progress=False
         )
 
-    keys = [p.infotext_key for p in vp.PARAMS]
-    # Plain key names (resolved by on_infotext_pasted): the Send to buttons copy only fields listed by name.
-    script.infotext_fields = list(zip(controls, keys, strict=True))
-    script.paste_field_names = [k for k in keys if k]
+    script.infotext_fields = [
+        (component, InfotextField(p.infotext_key, p.name, getattr(defaults, p.name)))
+        for component, p in zip(controls, vp.PARAMS, strict=True)
+    ]
+    script.paste_field_names = [p.infotext_key for p in vp.PARAMS if p.infotext_key]
     script.vpred_status = status
     script.vpred_preview = preview
     script.vpred_controls = controls

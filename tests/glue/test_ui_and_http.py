@@ -70,6 +70,15 @@ def test_panel_has_five_controls_with_the_positional_defaults(make_webui, is_img
     assert [value for _, value in controls[3].choices] == ["Trailing", "Schedule type"]
     assert (controls[4].minimum, controls[4].maximum) == (0.0, 1.0)
     assert [c for c, _ in script.infotext_fields] == controls
+    # each entry is the key by name (Send to copies by name) and reads its value itself (paste and the API's infotext)
+    assert [k for _, k in script.infotext_fields] == [
+        "VPred",
+        "VPred prediction",
+        "VPred ZTSNR",
+        "VPred spacing",
+        "VPred CFG rescale",
+    ]
+    assert all(callable(k) for _, k in script.infotext_fields)
     assert set(script.paste_field_names) == {
         "VPred",
         "VPred prediction",
