@@ -7,7 +7,10 @@ fp16 tensors with SDXL key names, NoobAI-style ``v_pred``/``ztsnr`` markers and 
 64 MiB chunks of zeros so no GB of RAM is needed (``--sparse``: extend it with ``truncate`` instead, no disk blocks).
 Then, in one run: :func:`lib_vpred.detect.detect_checkpoint` (median of ``--repeats``), the same with an sgm YAML
 beside it, and ``safetensors.torch.load_file`` (median of ``--load-repeats``), with peak RSS growth for each and a
-tracemalloc peak for one detection. Each is timed warm (the file was just written, so it is in the page cache) and,
+tracemalloc peak for one detection. Also the header readers side by side, interleaved and warm: the strict
+hand-written :func:`lib_vpred.detect.read_safetensors_header` (what detection uses), ``json.loads`` of the same
+header bytes alone (its floor), and the safetensors library's reader (``safe_open(...).keys()`` + ``.metadata()``;
+it gives names and metadata only, no shapes, and rejects files detection must still read: see the README). Each is timed warm (the file was just written, so it is in the page cache) and,
 where ``os.posix_fadvise`` exists, cold: this one file's pages are evicted (``POSIX_FADV_DONTNEED``) before every
 run, as on the first load after a boot or a download (the host may still cache a VM's disk). Targets: detection
 < 20 ms and >= 100x faster than load_file. Figures are printed, never asserted. ``--quick`` (64 MB, fewer repeats)
@@ -173,6 +176,35 @@ def median_seconds(
     return statistics.median(times), times
 
 
+def compare_header_readers(ckpt: Path, repeats: int) -> dict[str, list[float]]:
+    """Wall times of each header reader on ``ckpt``, called in turn (rotating order), ``repeats`` times each."""
+    from safetensors import safe_open
+
+    with open(ckpt, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        raw = f.read(n)
+
+    def library() -> object:
+        with safe_open(str(ckpt), framework="pt") as f:
+            return f.keys(), f.metadata()
+
+    readers: dict[str, Callable[[], object]] = {
+        "read_safetensors_header (strict, hand-written; used)": lambda: detect.read_safetensors_header(ckpt),
+        "json.loads(header bytes) alone": lambda: json.loads(raw),
+        "safetensors safe_open: keys() + metadata() (library)": library,
+    }
+    names = list(readers)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for fn in readers.values():
+        fn()  # warm-up
+    for i in range(repeats):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            t0 = time.perf_counter()
+            readers[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
 def fmt_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
@@ -237,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("detect_checkpoint (header + YAML)", yaml_med, repeats, maxrss_bytes() - rss0))
         ckpt.with_suffix(".yaml").unlink()
 
+        readers = compare_header_readers(ckpt, repeats)
+
         from safetensors.torch import load_file  # imported late: torch's import is not part of either figure
 
         def load() -> None:
@@ -277,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
             + (f", cold {'met' if ratio_cold >= TARGET_RATIO else 'MISSED'}" if cold else "")
         )
         print("warm: file in the page cache (just written); cold: its pages evicted before each run")
+        print()
+        print(f"Header readers, warm, interleaved, {repeats} runs each ({fmt_bytes(header_len)} header):")
+        print(f"{'reader':<60} {'median':>9} {'min':>9}")
+        for name, times in readers.items():
+            print(f"{name:<60} {statistics.median(times) * 1e3:>6.2f} ms {min(times) * 1e3:>6.2f} ms")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

@@ -1,46 +1,50 @@
-"""Benchmark: the extension's per-step and per-pass overhead against one SD1.5 UNet forward.
+"""Benchmark: the extension's per-step and per-pass cost against the UNet step it rides on, on CPU or a CUDA GPU.
 
-    python bench/bench_overhead.py [--quick] [--webui-url http://127.0.0.1:7860] [--profile]
+    python bench/bench_overhead.py [--device cpu|cuda] [--quick] [--webui-url http://127.0.0.1:7860]
 
-What is measured, all on CPU in this process (torch's default thread count), figures printed and never asserted:
+One run measures side by side, figures printed and never asserted (``--device cuda``: every timing is
+CUDA-synchronised, see "Timing" below):
 
-1. Per sampling step, the extension's work, for SD1.5 latents (batch of 2 images, so ``x_out`` holds 4 rows
-   ``[cond0, cond1, uncond0, uncond1]`` of 4x64x64) and SDXL latents (4x128x128), fp32 and fp16 inputs:
-   (a) the v-space rescale maths alone: ``guidance.positive_prediction`` + ``guidance.rescale_denoised``;
-   (b) the whole per-step glue path as the WebUI runs it: ``script_callbacks.cfg_denoiser_callback`` (our
-   ``on_cfg_denoiser`` capture, registered by loading ``scripts/vpred.py``) + the ``combine_with_rescale`` wrapper
-   installed by the script's ``process_before_every_sampling``, against the plain WebUI ``combine_denoised`` of an
-   untouched denoiser. The WebUI is the glue tier's stand-in (``tests/glue/stub/modules``, v1.10.1 code paths,
-   real k_diffusion) driven the way ``tests/glue/conftest.py`` does it. Plain and extension runs alternate, in a
-   rotating order, and the EXTRA cost is the median of the paired differences (its "min" column: min(extension) -
-   min(plain)). The same pairs are also run on one torch thread (when torch has more): on a busy machine every
-   parallel reduction (``aten::std`` here) can wait a whole scheduler time slice at an OpenMP barrier, which the
-   one-thread rows do not. Also: the callback's cost when the extension is inactive (eps checkpoint or disabled).
-2. Once per pass: ``ztsnr_sigma_table``, ``install_sigma_table``, ``decide``, ``TrailingSchedule(sampler)(steps)``,
-   ``model_facts``, ``detect_file`` cached and uncached (on a small safetensors checkpoint with a YAML beside it),
-   and the script's whole ``process`` + ``process_before_every_sampling`` + ``postprocess`` on a fresh sampler.
-3. One UNet forward at SD1.5 size: diffusers ``UNet2DConditionModel`` built from the SD1.5 architecture config
-   (859.5 M parameters; on the meta device, then filled by :func:`fill_random`: random values at PyTorch's default
-   scale, no download), batch 2 (cond + uncond) at a 64x64 latent, ``encoder_hidden_states`` [2, 77, 768],
-   ``torch.no_grad()``, fp32. It takes minutes on a small CPU (~100-165 s on a busy 2-core box), so the forwards are
-   interleaved with rounds of the extension measurements (round, forward, round, ...) and their number is bounded
-   by ``--unet-forwards`` and ``--budget-s``; a cheap 8x8 forward warms the model up first.
-4. The ratio extension-per-step / UNet forward (target: < 0.5 % of a step) for SD1.5, and the SDXL-size cost over
-   the same SD1.5 forward as an upper bound (an SDXL UNet forward is ~2-3x an SD1.5 one, so the real ratio is lower).
-5. ``--webui-url`` (loopback only): end to end against a real WebUI with the ``tiny-vpred`` checkpoint
-   (tests/webui/README.md): interleaved txt2img requests (64x64, 8 steps, Euler) with
-   ``"alwayson_scripts": {"vpred": {"args": [true]}}`` vs ``[false]``; median wall time of each and their ratio. The
-   tiny model makes the UNet nearly free, so this ratio is a worst case for the extension's relative overhead.
+1. The UNet step: diffusers ``UNet2DConditionModel`` built from the SD1.5 or SDXL architecture config (no download;
+   on the meta device, then filled by :func:`fill_random`: random values at PyTorch's default scale), one forward
+   under ``torch.inference_mode``. ``--device cuda``: fp16, SD1.5 at 512x512 (latent 64x64) with UNet batch 2,
+   SDXL at 1024x1024 (latent 128x128) with batch 2, SD1.5 at 512x512 with batch 8. The UNet batch holds a cond and
+   an uncond row per image, so batch 2 is one image and batch 8 four. ``--device cpu`` (the default; small, so it
+   ends in about two minutes on a busy 2-core box): fp32, SD1.5 at 128x128 (latent 16x16) with batch 2 and 8, and
+   the SDXL latent (128x128, batch 2) for the extension rows only (an fp32 SDXL UNet needs 10 GB; no UNet there).
+2. Per step, on the same latents (``x_out`` with one cond and one uncond row per image, fp32 and fp16):
+   - the WebUI's own CFG combine (``CFGDenoiser.combine_denoised`` of an untouched denoiser);
+   - the k-diffusion family: ``script_callbacks.cfg_denoiser_callback`` (our ``on_cfg_denoiser`` capture) + the
+     ``combine_with_rescale`` wrapper, as ``scripts/vpred.py`` installs them on an Euler sampler for a v checkpoint;
+     EXTRA = that minus the plain combine (median of paired differences); and its parts: the capture alone,
+     ``guidance.positive_prediction`` and ``guidance.rescale_denoised``;
+   - the timestep family (DDIM), eps checkpoint with ZTSNR on: the forward capture (``timestep_glue._capture_inputs``
+     around a no-op forward) + the ``combine_rescaled`` wrapper (alpha-bar gather + ``guidance.rescale_eps``);
+     v checkpoint: the wrapper alone (``guidance.cfg_rescale`` in v); EXTRA for each, and the rescale maths alone;
+   - the callback's cost when the extension is inactive (eps checkpoint or disabled).
+   Each row: median and min over the samples, % of the UNet step (median over median), and kernel launches per
+   step: on CUDA the kernels (and memcpy/memset) the torch profiler sees on the device, on CPU the kernel-launching
+   aten ops the CPU profiler sees (``bench/opcount.py``); the op names of each path are printed after the table.
+3. Once per pass: ``ztsnr_sigma_table``, ``install_sigma_table``, ``decide``, ``TrailingSchedule(sampler)(steps)``,
+   ``model_facts``, ``detect_file`` cached and uncached (a small safetensors checkpoint with a YAML beside it), and
+   the script's whole ``process`` + ``process_before_every_sampling`` + ``postprocess`` on a fresh sampler.
+4. ``--webui-url`` (loopback only): end to end against a real WebUI with the ``tiny-vpred`` checkpoint
+   (tests/webui/README.md): interleaved txt2img requests (64x64, 8 steps, Euler), extension enabled vs disabled.
 
-Medians are the figures to read; minima show the uncontended cost on a shared machine. ``--quick`` (CI smoke,
-< 20 s on an idle 2-core box): tiny latents, a tiny UNet config and one torch thread, same table shape, marked
-"(quick: not representative)", targets not judged. ``--profile`` adds torch.profiler tables of the SD1.5 fp32
-per-step path (torch's threads, then one thread); ``--threads N`` sets torch's thread count for everything.
+The WebUI is the glue tier's stand-in (``tests/glue/stub/modules``, v1.10.1 code paths, real k_diffusion) with the
+real script loaded, driven as ``tests/glue/conftest.py`` does. Timing: each sample is the wall time of ``--inner``
+back-to-back calls divided by their number; on CUDA with ``torch.cuda.synchronize()`` before and after, so a sample
+includes the GPU work and, for per-step rows, the launches pipelined as in sampling (the UNet: one call per sample).
+Plain and extension runs alternate in a rotating order. On CPU the per-step rows run on one torch thread
+(``--step-threads``): on a busy machine every parallel op can wait a whole scheduler time slice at an OpenMP barrier,
+which then dominates microsecond figures; the UNet uses torch's threads. ``--quick`` (CI smoke, < 30 s on CPU): a tiny UNet with each
+architecture's block layout, tiny latents, one torch thread, marked "(quick: not representative)".
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -63,15 +67,15 @@ _T0 = time.perf_counter()  # before the heavy imports (torch, and later k_diffus
 REPO = Path(__file__).resolve().parents[1]
 STUB = REPO / "tests" / "glue" / "stub"
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 # k_diffusion imports openai clip, which imports pkg_resources: a deprecation warning on every run, not ours.
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 import torch  # noqa: E402
+from opcount import count_ops, cuda_kernel_launches  # noqa: E402
 
 from lib_vpred import guidance  # noqa: E402
 
-#: Target stated for the extension's per-step work: under 0.5 % of one sampling step (one UNet forward).
-TARGET_FRACTION = 0.005
 QUICK_NOTE = "(quick: not representative)"
 PHI = 0.7
 CFG_SCALE = 7.0
@@ -89,8 +93,26 @@ SD15_UNET_CONFIG: dict[str, Any] = {
     "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
 }
-#: --quick: the same block layout shrunk ~1000x (not an SD1.5 UNet; only keeps the code path alive).
-TINY_UNET_CONFIG: dict[str, Any] = {
+#: SDXL base UNet (``stabilityai/stable-diffusion-xl-base-1.0`` ``unet/config.json``): 2.57 G parameters; its
+#: forward also takes the pooled text embedding (1280) and six size/crop ids (``added_cond_kwargs``).
+SDXL_UNET_CONFIG: dict[str, Any] = {
+    "sample_size": 128,
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": (320, 640, 1280),
+    "layers_per_block": 2,
+    "cross_attention_dim": 2048,
+    "attention_head_dim": (5, 10, 20),
+    "transformer_layers_per_block": (1, 2, 10),
+    "use_linear_projection": True,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+}
+#: --quick: each layout shrunk ~1000x (not an SD UNet; only keeps the code paths alive).
+TINY_SD15_CONFIG: dict[str, Any] = {
     **SD15_UNET_CONFIG,
     "sample_size": 8,
     "block_out_channels": (32, 64),
@@ -100,13 +122,49 @@ TINY_UNET_CONFIG: dict[str, Any] = {
     "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
     "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
 }
+TINY_SDXL_CONFIG: dict[str, Any] = {
+    **SDXL_UNET_CONFIG,
+    "sample_size": 8,
+    "block_out_channels": (32, 64),
+    "layers_per_block": 1,
+    "cross_attention_dim": 32,
+    "attention_head_dim": (2, 4),
+    "transformer_layers_per_block": (1, 2),
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+    "addition_time_embed_dim": 8,
+    "projection_class_embeddings_input_dim": 32 + 6 * 8,
+}
+ARCHS: dict[str, dict[str, Any]] = {"SD1.5": SD15_UNET_CONFIG, "SDXL": SDXL_UNET_CONFIG}
+TINY_ARCHS: dict[str, dict[str, Any]] = {"SD1.5": TINY_SD15_CONFIG, "SDXL": TINY_SDXL_CONFIG}
 
 
 @dataclass(frozen=True)
-class Size:
-    label: str
-    latent: tuple[int, int, int]  # C, H, W
-    text_dim: int  # width of the text conditioning (only its batch size is read by combine_denoised)
+class Config:
+    """One UNet step to compare against: architecture, image size (latent = size / 8) and UNet batch (2 per image)."""
+
+    arch: str
+    pixels: int
+    batch: int
+    unet: bool = True  # False: extension rows only (no UNet on this device)
+
+    @property
+    def latent(self) -> int:
+        return self.pixels // 8
+
+    @property
+    def images(self) -> int:
+        return self.batch // 2
+
+    @property
+    def label(self) -> str:
+        img = "image" if self.images == 1 else "images"
+        return f"{self.arch} {self.pixels}x{self.pixels} (latent {self.latent}x{self.latent}), UNet batch {self.batch} ({self.images} {img})"
+
+
+CUDA_CONFIGS = (Config("SD1.5", 512, 2), Config("SDXL", 1024, 2), Config("SD1.5", 512, 8))
+CPU_CONFIGS = (Config("SD1.5", 128, 2), Config("SD1.5", 128, 8), Config("SDXL", 1024, 2, unet=False))
+QUICK_CONFIGS = (Config("SD1.5", 64, 2), Config("SDXL", 64, 2), Config("SD1.5", 64, 8))
 
 
 @dataclass
@@ -126,27 +184,49 @@ def fmt_time(seconds: float) -> str:
     if abs(seconds) >= 1.0:
         return f"{seconds:.2f} s"
     if abs(seconds) >= 1e-3:
-        return f"{seconds * 1e3:.3f} ms"
+        return f"{seconds * 1e3:.2f} ms"
     return f"{seconds * 1e6:.1f} us"
 
 
 def fmt_pct(fraction: float | None) -> str:
-    return "" if fraction is None else f"{fraction * 100:.4f} %"
+    return "" if fraction is None else f"{fraction * 100:.3f} %"
 
 
-def timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+class Clock:
+    """Wall time per call of ``fn`` over ``inner`` back-to-back calls; on CUDA between two device synchronisations."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def time(self, fn: Callable[[], object], inner: int = 1) -> float:
+        self.sync()
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        self.sync()
+        return (time.perf_counter() - t0) / inner
 
 
-def run_round(benches: dict[str, Callable[[], object]], series: dict[str, Series], reps: int, offset: int) -> None:
-    """``reps`` passes over every bench, in an order rotated on each pass (no position bias in a shared machine)."""
+def run_round(
+    clock: Clock, benches: dict[str, Callable[[], object]], series: dict[str, Series], reps: int, inner: int
+) -> None:
+    """``reps`` passes over every bench, in an order rotated on each pass (no position bias on a shared machine)."""
     names = list(benches)
     for i in range(reps):
-        k = (i + offset) % len(names)
+        k = i % len(names)
         for name in names[k:] + names[:k]:
-            series.setdefault(name, Series()).times.append(timed(benches[name]))
+            series.setdefault(name, Series()).times.append(clock.time(benches[name], inner))
+
+
+def launches(fn: Callable[[], object], device: torch.device) -> float:
+    """Kernel launches per call: device kernels on CUDA, kernel-launching aten ops on CPU (``bench/opcount.py``)."""
+    if device.type == "cuda":
+        return cuda_kernel_launches(fn)
+    return float(count_ops(fn).kernel_total)
 
 
 def cpu_model() -> str:
@@ -171,7 +251,7 @@ def load_avg() -> str:
 
 
 class Glue:
-    """``scripts/vpred.py`` loaded against the stand-in modules, with a registered v-pred model (as the glue tests do)."""
+    """``scripts/vpred.py`` loaded against the stand-in modules, with a v and an eps checkpoint registered."""
 
     def __init__(self, tmp: Path) -> None:
         sys.path.insert(0, str(STUB))
@@ -194,89 +274,148 @@ class Glue:
         self.script = self.script_module.VPredScript()
         self.checkpoint = write_checkpoint(tmp, "bench-vpred", family="SD1", yaml_v=True)
         self.model = FakeSDModel(self.checkpoint, parameterization="v")
+        self.eps_model = FakeSDModel(write_checkpoint(tmp, "bench-eps", family="SD1"), parameterization="eps")
         sd_models.register(self.model)
-        shared.sd_model = self.model
-        shared.opts.sd_model_checkpoint = "bench-vpred"
+        sd_models.register(self.eps_model)
+        self.use(self.model)
 
-    def sampler(self) -> Any:
-        return self.sd_samplers.create_sampler("Euler", self.model)
+    def use(self, model: Any) -> None:
+        self.shared.sd_model = model
+        self.shared.opts.sd_model_checkpoint = model.sd_checkpoint_info.name
 
-    def new_p(self) -> Any:
-        p = self.processing.StableDiffusionProcessingTxt2Img(sd_model=self.model, steps=STEPS)
-        p.sampler = self.sampler()
+    def new_p(self, sampler: str = "Euler", model: Any = None) -> Any:
+        model = model or self.model
+        self.use(model)
+        p = self.processing.StableDiffusionProcessingTxt2Img(sd_model=model, steps=STEPS)
+        p.sampler = self.sd_samplers.create_sampler(sampler, model)
         return p
 
-    def run_script_hooks(self, p: Any, enabled: bool = True) -> None:
-        """What the WebUI calls on the script for one txt2img pass (before sampling, and after)."""
-        self.script.process(p, enabled, "Auto", "Auto", "Trailing", PHI)
+    def run_script_hooks(self, p: Any, prediction: str = "Auto", ztsnr: str = "Auto") -> None:
+        """What the WebUI calls on the script for one txt2img pass before sampling."""
+        self.script.process(p, True, prediction, ztsnr, "Trailing", PHI)
         self.script.process_before_every_sampling(p)
 
     def finish(self, p: Any) -> None:
         self.script.postprocess(p, None)
+        self.use(self.model)
 
 
 @dataclass
 class StepCase:
-    """Inputs of one sampling step at one size and dtype, and the benches on them."""
+    """Inputs of one sampling step at one latent size and dtype, and the benches on them."""
 
-    size: Size
+    config: Config
     dtype: torch.dtype
     benches: dict[str, Callable[[], object]]
-    check: str
+    checks: list[str]
 
 
-def make_step_case(glue: Glue, size: Size, dtype: torch.dtype) -> StepCase:
+#: Row labels of the per-step table, by bench key; indented ones are parts of the EXTRA above them.
+STEP_ROWS: tuple[tuple[str, str], ...] = (
+    ("plain", "WebUI combine_denoised (plain CFG, no extension)"),
+    ("kd_extra", "k-diffusion: EXTRA per step = capture + wrapper - plain"),
+    ("kd_capture", "  capture callback (on_cfg_denoiser)"),
+    ("kd_positive", "  positive_prediction"),
+    ("kd_rescale", "  rescale_denoised (v space)"),
+    ("ts_eps_extra", "timestep, eps ckpt: EXTRA = capture + wrapper - plain"),
+    ("ts_eps_rescale", "  alpha-bar gather + rescale_eps (v space)"),
+    ("ts_v_extra", "timestep, v ckpt: EXTRA = wrapper - plain"),
+    ("ts_v_rescale", "  cfg_rescale (in v)"),
+    ("inactive", "inactive (eps/disabled): callback returns at once"),
+)
+#: EXTRA rows: (extension bench, the plain bench it is paired with).
+EXTRAS = {
+    "kd_extra": ("kd_ext", "plain"),
+    "ts_eps_extra": ("ts_eps_ext", "plain"),
+    "ts_v_extra": ("ts_v_ext", "plain"),
+}
+
+
+def make_step_case(glue: Glue, config: Config, dtype: torch.dtype, device: torch.device) -> StepCase:
+    from lib_vpred.webui import timestep_glue
+
     gen = torch.Generator().manual_seed(0)
-    images = 2
-    sigma = torch.tensor([14.6, 2.5])  # per image, as k-diffusion passes them (fp32)
+    n = config.images
+    latent = (4, config.latent, config.latent)
+    sigma = torch.linspace(14.6, 2.5, n).to(device)  # per image, as k-diffusion passes them (fp32)
     s = sigma.reshape(-1, 1, 1, 1)
-    x = (torch.randn(images, *size.latent, generator=gen) * (s * s + 1).sqrt()).to(dtype)
-    x_out = torch.randn(2 * images, *size.latent, generator=gen).to(dtype)  # [cond0, cond1, uncond0, uncond1]
-    conds_list = [[(0, 1.0)], [(1, 1.0)]]
-    text_uncond = torch.zeros(images, 77, size.text_dim)
-    text_cond = torch.zeros(images, 77, size.text_dim)
+    x = (torch.randn(n, *latent, generator=gen).to(device) * (s * s + 1).sqrt()).to(dtype)
+    x_out = torch.randn(2 * n, *latent, generator=gen).to(device, dtype)  # [cond_0..cond_n-1, uncond_0..]
+    conds_list = [[(i, 1.0)] for i in range(n)]
+    text_uncond = torch.zeros(n, 77, 8, device=device)
+    text_cond = torch.zeros(n, 77, 8, device=device)
     x_in, sigma_in = torch.cat([x, x]), torch.cat([sigma, sigma])
-    image_cond_in = torch.zeros(2 * images, 5, 1, 1)
+    image_cond_in = torch.zeros(2 * n, 5, 1, 1, device=device)
+    timesteps = torch.linspace(999, 501, n).to(device)  # the timestep samplers' "sigma": float timesteps
+    t_in = torch.cat([timesteps, timesteps])
 
-    plain = glue.sampler().model_wrap_cfg  # untouched: the WebUI's own combine_denoised
+    plain = glue.sd_samplers.create_sampler("Euler", glue.model).model_wrap_cfg  # the WebUI's own combine_denoised
     p = glue.new_p()
     glue.run_script_hooks(p)
     ext = p.sampler.model_wrap_cfg  # our plan, capture and combine_with_rescale installed
+    glue.finish(p)
+    p_eps = glue.new_p("DDIM", glue.eps_model)
+    glue.run_script_hooks(p_eps, "eps", "On")  # eps checkpoint, ZTSNR on: the eps route (rescale_eps)
+    ts_eps = p_eps.sampler.model_wrap_cfg
+    state_eps = getattr(p_eps.sampler, timestep_glue.ATTR_STATE)
+    glue.finish(p_eps)
+    p_v = glue.new_p("DDIM")
+    glue.run_script_hooks(p_v)  # v checkpoint: the v route (cfg_rescale on v outputs, no capture)
+    ts_v = p_v.sampler.model_wrap_cfg
+    glue.finish(p_v)
+    glue.eps_model.alphas_cumprod = glue.eps_model.alphas_cumprod.to(device)  # on the GPU, as the WebUI's is
+
     params_cls = glue.script_callbacks.CFGDenoiserParams
     params_ext = params_cls(x_in, image_cond_in, sigma_in, 0, STEPS, text_cond, text_uncond, ext)
     params_plain = params_cls(x_in, image_cond_in, sigma_in, 0, STEPS, text_cond, text_uncond, plain)
     callback = glue.script_callbacks.cfg_denoiser_callback
     denoised = plain.combine_denoised(x_out, conds_list, text_uncond, CFG_SCALE)
+    positive = guidance.positive_prediction(x_out, conds_list, x_out[-n:])
+    alpha_bar = glue.eps_model.alphas_cumprod.index_select(0, timesteps.to(torch.int64))
+    noop_forward = functools.partial(lambda *args, **kwargs: None)
 
-    def maths() -> torch.Tensor:
-        positive = guidance.positive_prediction(x_out, conds_list, x_out[-images:])
-        return guidance.rescale_denoised(x, sigma, positive, denoised, PHI)
-
-    def glue_plain() -> torch.Tensor:
-        return plain.combine_denoised(x_out, conds_list, text_uncond, CFG_SCALE)
-
-    def glue_ext() -> torch.Tensor:
+    def kd_ext() -> torch.Tensor:
         callback(params_ext)
         return ext.combine_denoised(x_out, conds_list, text_uncond, CFG_SCALE)
 
-    def inactive() -> None:
-        callback(params_plain)
+    def ts_eps_ext() -> torch.Tensor:
+        timestep_glue._capture_inputs(state_eps, noop_forward, x_in, t_in)
+        return ts_eps.combine_denoised(x_out, conds_list, text_uncond, CFG_SCALE)
 
-    # Sanity (not timing): the wrapper must really rescale, or the figures would measure an early return.
-    got, want = glue_ext(), maths()
-    differs = not torch.equal(got, glue_plain())
-    same = torch.allclose(got.float(), want.float(), atol=1e-3 if dtype == torch.float16 else 1e-5)
-    check = "ok" if differs and same else f"WARNING: wrapper output differs_from_plain={differs} equals_maths={same}"
-    glue.finish(p)
-    return StepCase(
-        size,
-        dtype,
-        {"maths": maths, "plain": glue_plain, "ext": glue_ext, "inactive": inactive},
-        check,
-    )
+    def ts_eps_rescale() -> torch.Tensor:
+        a = glue.eps_model.alphas_cumprod.index_select(0, timesteps.to(torch.int64))
+        return guidance.rescale_eps(x, a, positive, denoised, PHI)
+
+    benches: dict[str, Callable[[], object]] = {
+        "plain": lambda: plain.combine_denoised(x_out, conds_list, text_uncond, CFG_SCALE),
+        "kd_ext": kd_ext,
+        "kd_capture": lambda: callback(params_ext),
+        "kd_positive": lambda: guidance.positive_prediction(x_out, conds_list, x_out[-n:]),
+        "kd_rescale": lambda: guidance.rescale_denoised(x, sigma, positive, denoised, PHI),
+        "ts_eps_ext": ts_eps_ext,
+        "ts_eps_rescale": ts_eps_rescale,
+        "ts_v_ext": lambda: ts_v.combine_denoised(x_out, conds_list, text_uncond, CFG_SCALE),
+        "ts_v_rescale": lambda: guidance.cfg_rescale(denoised, positive, PHI),
+        "inactive": lambda: callback(params_plain),
+    }
+
+    # Sanity (not timing): each wrapper must really rescale, or the figures would measure an early return.
+    tol = 1e-2 if dtype == torch.float16 else 1e-4
+    want = {
+        "kd_ext": guidance.rescale_denoised(x, sigma, positive, denoised, PHI),
+        "ts_eps_ext": guidance.rescale_eps(x, alpha_bar, positive, denoised, PHI),
+        "ts_v_ext": guidance.cfg_rescale(denoised, positive, PHI),
+    }
+    checks = []
+    for key, expected in want.items():
+        got = benches[key]()
+        differs = not torch.equal(got, denoised)
+        same = torch.allclose(got.float(), expected.float(), atol=tol, rtol=tol)
+        checks.append("ok" if differs and same else f"WARNING {key}: differs_from_plain={differs} equals_maths={same}")
+    return StepCase(config, dtype, benches, checks)
 
 
-def make_pass_benches(glue: Glue) -> dict[str, Callable[[], object]]:
+def make_pass_benches(glue: Glue, device: torch.device) -> dict[str, Callable[[], object]]:
     from lib_vpred import params as vp
     from lib_vpred.plan import decide
 
@@ -302,7 +441,7 @@ def make_pass_benches(glue: Glue) -> dict[str, Callable[[], object]]:
         glue.finish(q)
 
     return {
-        "ztsnr_sigma_table": lambda: hooks.ztsnr_sigma_table(model, model_wrap.sigmas.device),
+        f"ztsnr_sigma_table (to {device.type})": lambda: hooks.ztsnr_sigma_table(model, device),
         "install_sigma_table": lambda: hooks.install_sigma_table(model_wrap, table),
         "decide": lambda: decide(settings, facts, sampler_facts),
         "TrailingSchedule(steps)": lambda: hooks.TrailingSchedule(sampler)(STEPS),
@@ -320,67 +459,112 @@ def make_pass_benches(glue: Glue) -> dict[str, Callable[[], object]]:
 def fill_random(module: torch.nn.Module, block: int = 1 << 20) -> None:
     """Random weights at PyTorch's default scale, fast: one random block of ``block`` values tiled into every tensor.
 
-    Drawing 860 M fresh random numbers takes ~15 s on a small CPU; the forward's time does not depend on the values,
-    only on their being ordinary floats (no NaN, inf or denormals). Norm weights 1, other 1-D tensors small.
+    Drawing 2.6 G fresh random numbers takes a while; the forward's time does not depend on the values, only on their
+    being ordinary floats (no NaN, inf or denormals). Norm weights 1, other 1-D tensors small.
     """
+    device = next(module.parameters()).device
     gen = torch.Generator().manual_seed(0)
-    pattern = torch.rand(block, generator=gen) * 2 - 1  # U(-1, 1)
+    pattern = (torch.rand(block, generator=gen) * 2 - 1).to(device)  # U(-1, 1)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # memory-bound copies; on a busy box each parallel op can stall a whole time slice
     try:
-        _fill(module, pattern, block)
+        with torch.no_grad():
+            for name, t in [*module.named_parameters(), *module.named_buffers()]:
+                flat = t.view(-1)
+                if t.ndim >= 2:
+                    bound = 1.0 / max(1, t[0].numel()) ** 0.5  # kaiming_uniform(a=sqrt(5)) as nn.Linear / nn.Conv2d
+                elif "norm" in name and name.endswith("weight"):
+                    flat.fill_(1.0)
+                    continue
+                else:
+                    bound = 0.01
+                for start in range(0, flat.numel(), block):
+                    n = min(block, flat.numel() - start)
+                    flat[start : start + n].copy_(pattern[:n]).mul_(bound)
     finally:
         torch.set_num_threads(threads)
 
 
-def _fill(module: torch.nn.Module, pattern: torch.Tensor, block: int) -> None:
-    with torch.no_grad():
-        for name, t in [*module.named_parameters(), *module.named_buffers()]:
-            flat = t.view(-1)
-            if t.ndim >= 2:
-                bound = 1.0 / max(1, t[0].numel()) ** 0.5  # kaiming_uniform(a=sqrt(5)) as nn.Linear / nn.Conv2d
-            elif "norm" in name and name.endswith("weight"):
-                flat.fill_(1.0)
-                continue
-            else:
-                bound = 0.01
-            for start in range(0, flat.numel(), block):
-                n = min(block, flat.numel() - start)
-                flat[start : start + n].copy_(pattern[:n]).mul_(bound)
-
-
-def build_unet(quick: bool) -> tuple[Any, Callable[[], object], Callable[[], object], str]:
-    """(model, forward at the measured size, a cheap warm-up forward, description)."""
+def build_unet(config: dict[str, Any], device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     from diffusers import UNet2DConditionModel
 
-    config = TINY_UNET_CONFIG if quick else SD15_UNET_CONFIG
     with torch.device("meta"):
         unet = UNet2DConditionModel(**config)
-    unet = unet.to_empty(device="cpu").eval()
+    # torch's own Module.to: diffusers' override warns about fp32-only modules, which this config does not have
+    unet = torch.nn.Module.to(unet, dtype=dtype).to_empty(device=device).eval()
     fill_random(unet)
-    params = sum(p.numel() for p in unet.parameters())
-    side = 8 if quick else 64
-    ctx_dim = config["cross_attention_dim"]
-    x = torch.randn(2, 4, side, side)
-    ctx = torch.randn(2, 77, ctx_dim)
-    t = torch.tensor([999.0, 999.0])
-    x_small = torch.randn(2, 4, 8, 8)
+    return unet
+
+
+def unet_forward(
+    unet: torch.nn.Module, config: dict[str, Any], batch: int, side: int, device: torch.device, dtype: torch.dtype
+) -> Callable[[], torch.Tensor]:
+    """One UNet step at this batch and latent size (text context of 77 tokens; SDXL: pooled embedding + size ids)."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, 4, side, side, generator=gen).to(device, dtype)
+    ctx = torch.randn(batch, 77, config["cross_attention_dim"], generator=gen).to(device, dtype)
+    t = torch.full((batch,), 999.0, device=device)
+    kwargs: dict[str, Any] = {}
+    if config.get("addition_embed_type") == "text_time":
+        pooled = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
+        kwargs["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(batch, pooled, generator=gen).to(device, dtype),
+            "time_ids": torch.tensor([[side * 8, side * 8, 0, 0, side * 8, side * 8]] * batch).to(device, dtype),
+        }
 
     def forward() -> torch.Tensor:
-        with torch.no_grad():
-            return unet(x, t, encoder_hidden_states=ctx).sample
+        with torch.inference_mode():
+            return unet(x, t, encoder_hidden_states=ctx, **kwargs).sample
 
-    def warmup() -> torch.Tensor:
-        with torch.no_grad():
-            return unet(x_small, t, encoder_hidden_states=ctx).sample
+    return forward
 
-    with torch.no_grad():
-        out = unet(x_small, t, encoder_hidden_states=ctx).sample
-    if not torch.isfinite(out).all():
-        raise RuntimeError("the randomly filled UNet produced non-finite values")
-    kind = "tiny UNet (32, 64) -- NOT SD1.5" if quick else "SD1.5 UNet"
-    desc = f"{kind}, {params / 1e6:.1f} M params, fp32, batch 2 (cond+uncond), latent 4x{side}x{side}, ctx [2, 77, {ctx_dim}]"
-    return unet, forward, warmup, desc
+
+@dataclass
+class UnetResult:
+    desc: str
+    series: Series
+    launches: float | None
+
+
+def measure_unets(
+    configs: list[Config],
+    archs: dict[str, dict[str, Any]],
+    device: torch.device,
+    dtype: torch.dtype,
+    repeats: int,
+    clock: Clock,
+    quick: bool,
+) -> dict[Config, UnetResult]:
+    """Each architecture built once, then every configuration that uses it: a warm-up forward (on CPU only for the
+    first one; later shapes reuse the warm model), then ``repeats`` timed forwards."""
+    import diffusers  # noqa: F401  (imported before the build is timed)
+
+    results: dict[Config, UnetResult] = {}
+    for arch, config in archs.items():
+        wanted = [c for c in configs if c.arch == arch and c.unet]
+        if not wanted:
+            continue
+        t0 = time.perf_counter()
+        unet = build_unet(config, device, dtype)
+        params = sum(p.numel() for p in unet.parameters())
+        built = time.perf_counter() - t0
+        for k, c in enumerate(wanted):
+            forward = unet_forward(unet, config, c.batch, c.latent, device, dtype)
+            if k == 0 or device.type == "cuda":
+                out = forward()  # warm-up (first call: kernel selection, allocator)
+                if not torch.isfinite(out).all():
+                    raise RuntimeError(f"the randomly filled {arch} UNet produced non-finite values")
+            series = Series([clock.time(forward) for _ in range(repeats)])
+            n_launch = launches(forward, device) if device.type == "cuda" else None
+            kind = f"tiny {arch}-layout UNet -- NOT {arch}" if quick else f"{arch} UNet"
+            desc = (
+                f"{kind}, {params / 1e6:.1f} M params, {str(dtype).removeprefix('torch.')}, built in {fmt_time(built)}"
+            )
+            results[c] = UnetResult(desc, series, n_launch)
+        del unet
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return results
 
 
 # --- end to end against a real WebUI ----------------------------------------------------------------------------------
@@ -474,201 +658,125 @@ def bench_webui(url: str, pairs: int, checkpoint: str, steps: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="CI smoke: tiny sizes and a tiny UNet, < 20 s")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to measure (default cpu)")
+    ap.add_argument("--quick", action="store_true", help="CI smoke: tiny UNets and latents, one thread")
     ap.add_argument("--webui-url", default=None, help="also run end to end against this WebUI (loopback only)")
     ap.add_argument("--webui-pairs", type=int, default=None, help="enabled/disabled request pairs (default 10)")
     ap.add_argument("--webui-checkpoint", default="tiny-vpred", help="checkpoint for --webui-url (default tiny-vpred)")
-    ap.add_argument(
-        "--unet-forwards", type=int, default=None, help="at most this many timed UNet forwards (default 3, quick 1)"
-    )
+    ap.add_argument("--reps", type=int, default=None, help="per-step samples (default cuda 50, cpu 15, quick 5)")
+    ap.add_argument("--inner", type=int, default=None, help="calls per per-step sample (default cuda 20, cpu 1)")
+    ap.add_argument("--unet-repeats", type=int, default=None, help="timed UNet steps (default cuda 20, cpu 3)")
+    ap.add_argument("--step-threads", type=int, default=1, help="CPU: torch threads for the per-step rows (default 1)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own, quick: 1)")
-    ap.add_argument(
-        "--budget-s", type=float, default=200.0, help="no new UNet forward once it would end past this (default 200)"
-    )
-    ap.add_argument("--reps", type=int, default=None, help="per-step repetitions per round (default 15, quick 5)")
-    ap.add_argument("--no-unet", action="store_true", help="skip the UNet (no ratios)")
-    ap.add_argument("--profile", action="store_true", help="print a torch.profiler table of the SD1.5 fp32 glue step")
+    ap.add_argument("--no-unet", action="store_true", help="skip the UNet (no % of step)")
     args = ap.parse_args(argv)
 
     if args.webui_url:
         check_loopback(args.webui_url)  # refuse a non-loopback URL before minutes of measuring
-    t_start = time.perf_counter()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: torch sees no CUDA device", file=sys.stderr)
+        return 2
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
     quick = args.quick
     note = f" {QUICK_NOTE}" if quick else ""
-    reps = args.reps or (5 if quick else 15)
-    forwards = args.unet_forwards or (1 if quick else 3)
+    reps = args.reps or (5 if quick else 50 if cuda else 15)
+    inner = args.inner or (20 if cuda else 1)
+    unet_repeats = args.unet_repeats or (2 if quick else 20 if cuda else 3)
     if args.threads or quick:
-        # --quick: one thread, so a CI box running other jobs does not thrash OpenMP barriers (seconds per call)
         torch.set_num_threads(args.threads or 1)
-    sizes = (
-        [Size("SD1.5-like 4x8x8", (4, 8, 8), 768), Size("SDXL-like 4x16x16", (4, 16, 16), 2048)]
-        if quick
-        else [Size("SD1.5 4x64x64", (4, 64, 64), 768), Size("SDXL 4x128x128", (4, 128, 128), 2048)]
-    )
+    configs = list(QUICK_CONFIGS if quick else CUDA_CONFIGS if cuda else CPU_CONFIGS)
+    archs = TINY_ARCHS if quick else ARCHS
+    unet_dtype = torch.float16 if cuda else torch.float32
+    clock = Clock(device)
+    where = f"CUDA {torch.cuda.get_device_name(device)}" if cuda else f"CPU {cpu_model()}"
     print(
-        f"bench_overhead{note}: python {platform.python_version()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs ({cpu_model()}), load avg {load_avg()}"
+        f"bench_overhead{note}: python {platform.python_version()}, torch {torch.__version__}, {where}, "
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load avg {load_avg()}"
     )
 
+    t_start = time.perf_counter()
+    unets: dict[Config, UnetResult] = {}
+    if not args.no_unet:
+        unets = measure_unets(configs, archs, device, unet_dtype, unet_repeats, clock, quick)
+    t_unet = time.perf_counter() - t_start
+
+    threads = torch.get_num_threads()
+    if not cuda:
+        torch.set_num_threads(args.step_threads)
     with tempfile.TemporaryDirectory(prefix="vpred-bench-") as tmp:
         glue = Glue(Path(tmp))
-        cases = [make_step_case(glue, size, dtype) for size in sizes for dtype in (torch.float32, torch.float16)]
-        step_benches: dict[str, Callable[[], object]] = {}
-        for i, case in enumerate(cases):
-            for name, fn in case.benches.items():
-                step_benches[f"{i}:{name}"] = fn
-        pass_benches = make_pass_benches(glue)
+        cases = [make_step_case(glue, c, dt, device) for c in configs for dt in (torch.float32, torch.float16)]
+        pass_benches = make_pass_benches(glue, device)
         make_fresh = pass_benches.pop("_fresh")
-        series: dict[str, Series] = {}
+        series: dict[int, dict[str, Series]] = {i: {} for i in range(len(cases))}
+        for i, case in enumerate(cases):
+            run_round(clock, case.benches, {}, 2, inner)  # warm-up, discarded
+            run_round(clock, case.benches, series[i], reps, inner)
+        counts = [{k: launches(fn, device) for k, fn in case.benches.items()} for case in cases]
         pass_series: dict[str, Series] = {}
-
-        def extension_round(offset: int, n: int = reps) -> None:
-            run_round(step_benches, series, n, offset)
-            for _ in range(n):
-                make_fresh()  # a fresh p + sampler for each "script hooks, whole pass" run, built untimed
-            run_round(pass_benches, pass_series, n, offset)
-
-        extension_round(0, 2)  # warm-up, discarded
-        series.clear()
-        pass_series.clear()
-        t_setup = time.perf_counter() - t_start
-
-        unet_times: list[float] = []
-        unet_desc = "not measured (--no-unet)"
-        t_unet_build = 0.0
-        offset = 1
-        extension_round(offset)
-        if not args.no_unet:
-            t0 = time.perf_counter()
-            _unet, forward, warmup, unet_desc = build_unet(quick)
-            t_unet_build = time.perf_counter() - t0
-            warmup()
-            for _ in range(max(1, forwards)):
-                if unet_times and (time.perf_counter() - t_start) + unet_times[-1] > args.budget_s:
-                    break
-                unet_times.append(timed(forward))
-                offset += 1
-                extension_round(offset)
-            del _unet
-        series_1t: dict[str, Series] = {}
-        threads = torch.get_num_threads()
-        if threads > 1:
-            # The same plain/extension pairs on one thread: shows what OpenMP barriers cost on a busy machine.
-            torch.set_num_threads(1)
-            try:
-                subset = {k: v for k, v in step_benches.items() if k.endswith((":plain", ":ext"))}
-                run_round(subset, series_1t, 2, 0)  # warm-up
-                series_1t.clear()
-                run_round(subset, series_1t, reps, 0)
-            finally:
-                torch.set_num_threads(threads)
-        if args.profile:
-            profile_glue_step(cases[0])
-
-    unet = statistics.median(unet_times) if unet_times else None
-
-    def frac(seconds: float) -> float | None:
-        return seconds / unet if unet else None
+        pass_reps = max(3, reps // 3)
+        for _ in range(pass_reps + 1):
+            make_fresh()  # a fresh p + sampler for each "script hooks, whole pass" run, built untimed
+        run_round(Clock(torch.device("cpu")), pass_benches, {}, 1, 1)  # warm-up
+        run_round(Clock(torch.device("cpu")), pass_benches, pass_series, pass_reps, 1)
+        op_tables = {
+            key: count_ops(cases[0].benches[key]).table()
+            for key in ("kd_ext", "kd_capture", "ts_eps_ext", "ts_v_ext", "plain")
+        }
+    torch.set_num_threads(threads)
 
     print()
-    print(f"Per-step and per-pass overhead{note}")
-    print(f"UNet: {unet_desc}")
-    if unet_times:
-        print(
-            f"UNet forward: median {fmt_time(unet)} over {len(unet_times)} timed forward(s) "
-            f"[{', '.join(fmt_time(t) for t in unet_times)}]; built in {fmt_time(t_unet_build)}"
-        )
-    width = 66
-    header = f"{'operation':<{width}} {'median':>11} {'min':>11} {'runs':>5} {'% of UNet fwd':>14}"
-    print(header)
-    print("-" * len(header))
-
-    def row(label: str, med: float, mn: float | None, n: int | str, fraction: float | None) -> None:
-        mn_s = fmt_time(mn) if mn is not None else ""
-        print(f"{label:<{width}} {fmt_time(med):>11} {mn_s:>11} {n!s:>5} {fmt_pct(fraction):>14}")
-
-    extras: dict[tuple[str, str], float] = {}
-    extras_1t: dict[tuple[str, str], float] = {}
-    for i, case in enumerate(cases):
-        dt = "fp32" if case.dtype == torch.float32 else "fp16"
-        tag = f"{case.size.label}, {dt}"
-        s_maths, s_plain, s_ext, s_inactive = (series[f"{i}:{k}"] for k in ("maths", "plain", "ext", "inactive"))
-        diffs = [a - b for a, b in zip(s_ext.times, s_plain.times, strict=True)]
-        extra = statistics.median(diffs)
-        extras[(case.size.label, dt)] = extra
-        print(f"[{tag}] x_out [4, {', '.join(map(str, case.size.latent))}], 2 images; wrapper check: {case.check}")
-        row(
-            "  (a) rescale maths: positive_prediction + rescale_denoised",
-            s_maths.median,
-            s_maths.min,
-            len(s_maths.times),
-            frac(s_maths.median),
-        )
-        row(
-            "  (b) WebUI combine_denoised (plain, no extension)",
-            s_plain.median,
-            s_plain.min,
-            len(s_plain.times),
-            frac(s_plain.median),
-        )
-        row(
-            "  (b) capture callback + combine_with_rescale wrapper",
-            s_ext.median,
-            s_ext.min,
-            len(s_ext.times),
-            frac(s_ext.median),
-        )
-        row(
-            "  (b) EXTRA per step = wrapper path - plain (median of pairs)",
-            extra,
-            s_ext.min - s_plain.min,
-            len(diffs),
-            frac(extra),
-        )
-        if series_1t:
-            p1, e1 = series_1t[f"{i}:plain"], series_1t[f"{i}:ext"]
-            d1 = statistics.median([a - b for a, b in zip(e1.times, p1.times, strict=True)])
-            extras_1t[(case.size.label, dt)] = d1
-            row("  (b) EXTRA per step, same pairs on 1 torch thread", d1, e1.min - p1.min, len(e1.times), frac(d1))
-        row(
-            "  inactive (eps/disabled): callback returns at once",
-            s_inactive.median,
-            s_inactive.min,
-            len(s_inactive.times),
-            frac(s_inactive.median),
-        )
-    print(f"[once per pass] ({STEPS} steps, Euler, v-pred SD1 stand-in model with a YAML beside its safetensors)")
+    print(f"Per-step overhead on {where}{note}")
+    if cuda:
+        print(f"each per-step sample: {inner} back-to-back calls between two torch.cuda.synchronize(), per call")
+    else:
+        print(f"per-step rows on {args.step_threads} torch thread(s), the UNet on {threads}")
+    width = 62
+    header = f"{'operation':<{width}} {'median':>10} {'min':>10} {'% of step':>10} {'launches':>9}"
+    unit = "kernels on the device" if cuda else "kernel-launching aten ops (CPU profiler)"
+    print(f"launches: {unit} per step; % of step: median over the UNet step's median")
+    for config in configs:
+        unet = unets.get(config)
+        print()
+        print(f"== {config.label}")
+        step = unet.series.median if unet else None
+        if unet:
+            n_l = f", {unet.launches:.0f} kernels" if unet.launches is not None else ""
+            print(
+                f"UNet step: median {fmt_time(unet.series.median)}, min {fmt_time(unet.series.min)} over "
+                f"{len(unet.series.times)}{n_l}; {unet.desc}"
+            )
+        else:
+            print("UNet step: not measured here" + (" (--no-unet)" if args.no_unet else " (CPU: too large)"))
+        for i, case in enumerate(cases):
+            if case.config != config:
+                continue
+            dt = str(case.dtype).removeprefix("torch.")
+            shape = [2 * config.images, 4, config.latent, config.latent]
+            print(f"[latents {dt}, x_out {shape}] wrapper checks: {', '.join(case.checks)}")
+            print(header)
+            s = series[i]
+            for key, label in STEP_ROWS:
+                if key in EXTRAS:
+                    ext, base = EXTRAS[key]
+                    diffs = [a - b for a, b in zip(s[ext].times, s[base].times, strict=True)]
+                    med, mn = statistics.median(diffs), s[ext].min - s[base].min
+                    n_launch = counts[i][ext] - counts[i][base]
+                else:
+                    med, mn, n_launch = s[key].median, s[key].min, counts[i][key]
+                pct = fmt_pct(med / step) if step else ""
+                print(f"{label:<{width}} {fmt_time(med):>10} {fmt_time(mn):>10} {pct:>10} {n_launch:>9.0f}")
+    print()
+    print(f"Kernel-launching aten ops per step (CPU profiler), {cases[0].config.label}, fp32 latents:")
+    for key, table in op_tables.items():
+        print(f"  {key}: {table or '(none)'}")
+    print()
+    print(f"Once per pass ({STEPS} steps, Euler, v-pred SD1 stand-in model with a YAML beside its safetensors)")
     for name in pass_benches:
         s = pass_series[name]
-        row(f"  (c) {name}", s.median, s.min, len(s.times), frac(s.median))
-    four = ("ztsnr_sigma_table", "install_sigma_table", "decide", "TrailingSchedule(steps)")
-    total4 = sum(pass_series[k].median for k in four)
-    row("  (c) sum: ztsnr table + install + decide + TrailingSchedule", total4, None, "", frac(total4))
-    print("-" * len(header))
-
-    sd15, sdxl = sizes[0].label, sizes[1].label
-    if unet:
-        unet_name = "tiny UNet" if quick else "SD1.5 UNet"
-
-        def verdict(seconds: float) -> str:
-            r = seconds / unet
-            if quick:
-                return f"{r * 100:.4f} % (not judged: quick)"
-            return f"{r * 100:.4f} % ({'met' if r < TARGET_FRACTION else 'MISSED'})"
-
-        print(f"Ratios to one {unet_name} forward (target: extension < {TARGET_FRACTION * 100:g} % of a step){note}")
-        for size, what in ((sd15, "extension extra per step"), (sdxl, "upper bound: SDXL-size extra")):
-            for dt in ("fp32", "fp16"):
-                line = f"  {what}, {size} {dt} / {unet_name} forward: {verdict(extras[(size, dt)])}"
-                if (size, dt) in extras_1t:
-                    line += f"; 1 thread: {verdict(extras_1t[(size, dt)])}"
-                print(line)
-        print("  (an SDXL UNet forward at 128x128 is ~2-3x an SD1.5 one at 64x64, so the real SDXL ratio is lower)")
-        per_pass = pass_series["script hooks, whole pass"].median
-        print(
-            f"  once-per-pass script hooks / ({STEPS} steps x {unet_name} forward): {per_pass / (STEPS * unet) * 100:.5f} %"
-        )
-    print(f"load avg at end: {load_avg()}; setup (imports, stand-in, warm-up) {fmt_time(t_setup)}")
+        print(f"  {name:<60} {fmt_time(s.median):>10} {fmt_time(s.min):>10} {len(s.times):>5}")
+    print(f"load avg at end: {load_avg()}; UNet part {fmt_time(t_unet)}")
 
     if args.webui_url:
         print()
@@ -686,28 +794,6 @@ def main(argv: list[str] | None = None) -> int:
         f"{fmt_time(usage.ru_utime + usage.ru_stime)} CPU{note}"
     )
     return 0
-
-
-def profile_glue_step(case: StepCase) -> None:
-    """torch.profiler tables of the extension's per-step path (capture + wrapper): torch's threads, then one thread."""
-    from torch.profiler import ProfilerActivity, profile
-
-    fn = case.benches["ext"]
-    dt = "fp32" if case.dtype == torch.float32 else "fp16"
-    threads = torch.get_num_threads()
-    for n in sorted({threads, 1}, reverse=True):
-        torch.set_num_threads(n)
-        try:
-            for _ in range(3):
-                fn()
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                for _ in range(20):
-                    fn()
-        finally:
-            torch.set_num_threads(threads)
-        print()
-        print(f"profile: capture + combine_with_rescale, {case.size.label} {dt}, 20 calls, {n} torch thread(s)")
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,12 @@ the WebUI hand us other spaces: the k-diffusion family combines denoised (x0) pr
 ratio tends to 1 at low noise and the rescale fades away), so each entry point converts to v, rescales, and converts
 back. All maths runs in float32 at least; results are returned in the input dtype.
 
+The rescale runs on every sampling step, on the GPU, where small elementwise kernels cost their launch, not their
+arithmetic. So each entry point makes a fixed handful of passes (two fused "prediction minus the noisy input's part"
+passes into one float32 ``[2, B, ...]`` buffer, one std reduction over both halves, a few ``[B]``-sized ops and one
+fused multiply-add back in the input dtype), reads half-precision inputs directly (accumulating in float32), never
+clones, loops over images only for ``AND`` prompts, and never reads a tensor value on the host (no device sync).
+
 Conventions:
 - k-diffusion (variance exploding, sigma_data = 1): ``x = x0 + sigma * eps``; a VP sample is ``x / sqrt(1 + sigma^2)``.
 - VP / timestep form: ``x_t = sqrt(abar) * x0 + sqrt(1 - abar) * eps``; ``v = sqrt(abar) * eps - sqrt(1 - abar) * x0``
@@ -38,6 +44,18 @@ def _per_sample(value: torch.Tensor | float, like: torch.Tensor, dtype: torch.dt
     return v.reshape(v.shape[0], *([1] * (like.ndim - 1)))
 
 
+def _per_sample_column(value: torch.Tensor | float, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A scalar or a ``[B]`` tensor as a ``[B or 1, 1, 1, ...]`` tensor of ``dtype`` on ``like``'s device.
+
+    It has as many dims as ``like``, so it takes part in type promotion as a full tensor: an op between half-precision
+    predictions and this float32 column computes in float32. A Python number is filled on the device (no host-to-device
+    copy); a tensor already of that device and dtype is only reshaped (a view).
+    """
+    if isinstance(value, torch.Tensor):
+        return value.to(device=like.device, dtype=dtype).reshape(-1, *([1] * (like.ndim - 1)))
+    return torch.full((1,) * like.ndim, float(value), dtype=dtype, device=like.device)
+
+
 def std_per_sample(x: torch.Tensor) -> torch.Tensor:
     """Unbiased standard deviation of each sample over all non-batch dims (C, H, W), shaped ``[B, 1, 1, ...]``.
 
@@ -47,26 +65,55 @@ def std_per_sample(x: torch.Tensor) -> torch.Tensor:
     return x.std(dim=dims, keepdim=True)
 
 
+def std_pair_per_sample(pair: torch.Tensor) -> torch.Tensor:
+    """:func:`std_per_sample` of both halves of a ``[2, B, ...]`` tensor in one reduction: ``[2, B, 1, 1, ...]``.
+
+    ``pair[0]`` is the positive prediction and ``pair[1]`` the guided one (Algorithm 2's ``std(x_pos)`` and
+    ``std(x_cfg)``); one kernel reads both. torch's std is a Welford/two-pass reduction, not ``E[x^2] - E[x]^2``, so
+    it does not lose precision when the mean is large against the spread.
+    """
+    return pair.std(dim=tuple(range(2, pair.ndim)), keepdim=True)
+
+
+def rescale_gain(std_pos: torch.Tensor, std_cfg: torch.Tensor) -> torch.Tensor:
+    """``std_pos / std_cfg - 1`` per sample (the ratio of Eq. 15 minus one), and 0 where that is not finite.
+
+    Algorithm 2's result ``phi * x_rescaled + (1 - phi) * x_cfg`` is ``x_cfg + phi * gain * x_cfg``; a constant guided
+    prediction (``std_cfg = 0``, ratio inf or nan) gets gain 0 and is left unchanged instead of being divided by
+    zero. Computed as ``(std_pos - std_cfg) / std_cfg`` (exact near ratio 1) on the ``[B]``-sized stds only.
+    """
+    return torch.nan_to_num((std_pos - std_cfg) / std_cfg, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _add_rescale(base: torch.Tensor, direction: torch.Tensor, gain: torch.Tensor, phi: float) -> torch.Tensor:
+    """``base + phi * gain * direction`` in one pass: computed in the promoted (float32+) dtype, stored in ``base.dtype``."""
+    return torch.addcmul(base, direction, gain, value=phi, out=torch.empty_like(base))
+
+
+def _pair_buffer(like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised ``[2, *like.shape]`` buffer (positive, guided) in the compute dtype, on ``like``'s device."""
+    return torch.empty((2, *like.shape), dtype=dtype, device=like.device)
+
+
 def cfg_rescale(cfg: torch.Tensor, positive: torch.Tensor, phi: float) -> torch.Tensor:
     """Rescale a guided prediction, Algorithm 2 / Eqs. 14-16 of arXiv 2305.08891, in whatever space it is given.
 
-    ``x_rescaled = cfg * std(positive) / std(cfg)``; result ``phi * x_rescaled + (1 - phi) * cfg``. The std is taken per
-    sample over all non-batch dims. ``phi == 0`` returns ``cfg`` itself (plain CFG, bit for bit). A sample whose
-    guided prediction is constant (std 0) is left unchanged instead of being divided by zero.
+    ``x_rescaled = cfg * std(positive) / std(cfg)``; result ``phi * x_rescaled + (1 - phi) * cfg``, computed as
+    ``cfg + phi * (std(positive) / std(cfg) - 1) * cfg`` (:func:`rescale_gain`). The std is taken per sample over all
+    non-batch dims. ``phi == 0`` returns ``cfg`` itself (plain CFG, bit for bit). A sample whose guided prediction is
+    constant (std 0) is left unchanged instead of being divided by zero.
     """
     if phi == 0:
         return cfg
     dtype = _compute_dtype(cfg, positive)
-    c = cfg.to(dtype)
-    ratio = _std_ratio(positive.to(dtype), c)
-    return (c * (phi * ratio + (1.0 - phi))).to(cfg.dtype)
-
-
-def _std_ratio(positive: torch.Tensor, cfg: torch.Tensor) -> torch.Tensor:
-    std_pos = std_per_sample(positive)
-    std_cfg = std_per_sample(cfg)
-    safe = std_cfg > 0
-    return torch.where(safe, std_pos / torch.where(safe, std_cfg, torch.ones_like(std_cfg)), torch.ones_like(std_cfg))
+    if cfg.dtype == dtype and positive.dtype == dtype:
+        std_pos, std_cfg = std_per_sample(positive), std_per_sample(cfg)  # read in place: no copy
+    else:  # half precision (or mixed): one float32 copy of both, then one reduction over the pair
+        pair = _pair_buffer(cfg, dtype)
+        pair[0].copy_(positive)
+        pair[1].copy_(cfg)
+        std_pos, std_cfg = std_pair_per_sample(pair)
+    return _add_rescale(cfg, cfg, rescale_gain(std_pos, std_cfg), phi)
 
 
 # --- k-diffusion (denoised / x0) form -------------------------------------------------------------------------------
@@ -104,7 +151,7 @@ def rescale_denoised(
 
     With ``s = sigma^2 + 1`` and ``v(D) = (x/s - D) * sqrt(s) / sigma``, the std ratio ``r = std(v_pos) / std(v_cfg)``
     does not depend on the factor ``sqrt(s) / sigma``, and ``v_final = (phi * r + 1 - phi) * v_cfg`` maps back to
-    ``D_final = D_cfg - phi * (r - 1) * (x/s - D_cfg)``. This form never divides by sigma, so it is exact from
+    ``D_final = D_cfg + phi * (r - 1) * (D_cfg - x/s)``. This form never divides by sigma, so it is exact from
     sigma ~ 0.03 to the ZTSNR sigma_max ~ 4518.8. ``x`` is the noisy input of each image (``[B, C, H, W]``) and
     ``sigma`` a scalar or ``[B]``. Computed in float32 at least, returned in ``cfg_denoised.dtype``. ``phi == 0``
     returns ``cfg_denoised`` itself.
@@ -112,12 +159,14 @@ def rescale_denoised(
     if phi == 0:
         return cfg_denoised
     dtype = _compute_dtype(x, positive_denoised, cfg_denoised)
-    s = _per_sample(sigma, x, dtype)
-    x_vp = x.to(dtype) / (s * s + 1.0)
-    d_cfg = cfg_denoised.to(dtype)
-    towards_x_cfg = x_vp - d_cfg  # proportional to v_cfg
-    ratio = _std_ratio(x_vp - positive_denoised.to(dtype), towards_x_cfg)
-    return (d_cfg - phi * (ratio - 1.0) * towards_x_cfg).to(cfg_denoised.dtype)
+    s = _per_sample_column(sigma, x, dtype)
+    s2p1 = s.square().add_(1.0)
+    # D - x/s = -v * sigma / sqrt(s): v up to a per-sample factor, which neither the ratio nor the result depends on
+    pair = _pair_buffer(cfg_denoised, dtype)
+    torch.addcdiv(positive_denoised, x, s2p1, value=-1.0, out=pair[0])
+    torch.addcdiv(cfg_denoised, x, s2p1, value=-1.0, out=pair[1])
+    std_pos, std_cfg = std_pair_per_sample(pair)
+    return _add_rescale(cfg_denoised, pair[1], rescale_gain(std_pos, std_cfg), phi)
 
 
 # --- VP / timestep (eps) form ---------------------------------------------------------------------------------------
@@ -163,15 +212,48 @@ def rescale_eps(
     if phi == 0:
         return cfg_eps
     dtype = _compute_dtype(x_t, positive_eps, cfg_eps)
-    a = _per_sample(alpha_bar, x_t, dtype)
-    noise_part = (1.0 - a).sqrt() * x_t.to(dtype)
-    e_cfg = cfg_eps.to(dtype)
-    towards_v_cfg = e_cfg - noise_part  # proportional to v_cfg
-    ratio = _std_ratio(positive_eps.to(dtype) - noise_part, towards_v_cfg)
-    return (e_cfg + phi * (ratio - 1.0) * towards_v_cfg).to(cfg_eps.dtype)
+    a = _per_sample_column(alpha_bar, x_t, dtype)
+    noise_coef = torch.rsub(a, 1.0).sqrt_()  # sqrt(1 - abar)
+    # eps - sqrt(1 - abar) x_t = sqrt(abar) v (Eq. 17): v up to a per-sample factor
+    pair = _pair_buffer(cfg_eps, dtype)
+    torch.addcmul(positive_eps, x_t, noise_coef, value=-1.0, out=pair[0])
+    torch.addcmul(cfg_eps, x_t, noise_coef, value=-1.0, out=pair[1])
+    std_pos, std_cfg = std_pair_per_sample(pair)
+    return _add_rescale(cfg_eps, pair[1], rescale_gain(std_pos, std_cfg), phi)
 
 
 # --- combining the WebUI's batch layout -------------------------------------------------------------------------------
+
+
+def _single_cond_rows(conds_list: CondsList) -> tuple[list[int], float] | None:
+    """``(cond row of each image, their common weight)`` when every image has exactly one sub-prompt and all weights
+    are equal (the usual batch: no ``AND``); None otherwise. Reads only the Python list, never a tensor."""
+    rows: list[int] = []
+    weight: float | None = None
+    for conds in conds_list:
+        if len(conds) != 1:
+            return None
+        row, w = conds[0]
+        if weight is None:
+            weight = w
+        elif w != weight:
+            return None
+        rows.append(row)
+    return (rows, weight) if weight is not None else None
+
+
+def _take_rows(x: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """``x[rows]`` with no host-to-device index copy: a view when the rows are evenly spaced (the WebUI's layout,
+    images in order), else one stacked copy."""
+    step = rows[1] - rows[0] if len(rows) > 1 else 1
+    if rows[0] >= 0 and step > 0 and rows[-1] < x.shape[0] and rows == list(range(rows[0], rows[-1] + 1, step)):
+        return x[rows[0] : rows[-1] + 1 : step]
+    return torch.stack([x[r] for r in rows])
+
+
+def _check_layout(conds_list: CondsList, uncond: torch.Tensor) -> None:
+    if len(conds_list) != uncond.shape[0]:
+        raise ValueError(f"conds_list has {len(conds_list)} images but uncond has {uncond.shape[0]} rows")
 
 
 def combine_conds(x_out: torch.Tensor, conds_list: CondsList, uncond: torch.Tensor, cond_scale: float) -> torch.Tensor:
@@ -179,16 +261,23 @@ def combine_conds(x_out: torch.Tensor, conds_list: CondsList, uncond: torch.Tens
 
     ``x_out`` holds every cond row (indexed by ``conds_list``), ``uncond`` one row per image. With ``cond_scale = 1``
     this is the *positive* prediction of an image whose prompt has ``AND`` parts: with a single sub-prompt of weight 1
-    it is that cond row exactly. Computed in float32 at least, returned in ``x_out.dtype``.
+    it is that cond row exactly. Computed in float32 at least, returned in ``x_out.dtype`` (a new tensor). When every
+    image has one sub-prompt of the same weight, all images are combined at once; a per-image loop only for ``AND``.
     """
-    if len(conds_list) != uncond.shape[0]:
-        raise ValueError(f"conds_list has {len(conds_list)} images but uncond has {uncond.shape[0]} rows")
+    _check_layout(conds_list, uncond)
     dtype = _compute_dtype(x_out, uncond)
+    single = _single_cond_rows(conds_list)
+    if single is not None:
+        rows, weight = single
+        cond = _take_rows(x_out, rows)
+        if weight * cond_scale == 1:
+            return cond.clone()  # uncond + 1 * (cond - uncond) is the cond row itself: exactly, not to rounding error
+        u = uncond.to(dtype)
+        return (u + (cond.to(dtype) - u) * (weight * cond_scale)).to(x_out.dtype)
     out = uncond.to(dtype).clone()
     for i, conds in enumerate(conds_list):
         if len(conds) == 1 and conds[0][1] * cond_scale == 1:
-            # uncond + 1 * (cond - uncond) is the cond row itself: take it exactly, not to rounding error.
-            out[i] = x_out[conds[0][0]].to(dtype)
+            out[i] = x_out[conds[0][0]].to(dtype)  # that cond row exactly, as above
             continue
         for cond_index, weight in conds:
             out[i] += (x_out[cond_index].to(dtype) - uncond[i].to(dtype)) * (weight * cond_scale)
@@ -196,5 +285,13 @@ def combine_conds(x_out: torch.Tensor, conds_list: CondsList, uncond: torch.Tens
 
 
 def positive_prediction(x_out: torch.Tensor, conds_list: CondsList, uncond: torch.Tensor) -> torch.Tensor:
-    """The positive (conditional) prediction per image: :func:`combine_conds` at scale 1 (handles ``AND`` prompts)."""
+    """The positive (conditional) prediction per image: :func:`combine_conds` at scale 1 (handles ``AND`` prompts).
+
+    When every image has one sub-prompt of weight 1 (no ``AND``), that is the images' cond rows of ``x_out``
+    exactly, returned without a copy (usually a view of ``x_out``, in its dtype): read it, do not modify it in place.
+    """
+    _check_layout(conds_list, uncond)
+    single = _single_cond_rows(conds_list)
+    if single is not None and single[1] == 1:
+        return _take_rows(x_out, single[0])
     return combine_conds(x_out, conds_list, uncond, 1.0)

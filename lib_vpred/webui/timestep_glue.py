@@ -219,7 +219,10 @@ def combine_rescaled(
     x, sigma = state.captured[0][-batch:], state.captured[1][-batch:]
     if x.shape != combined.shape:
         return combined  # a layout this version does not know (skip-uncond steps are a no-op anyway)
-    a = state.model.alphas_cumprod.to(x.device, torch.float64)[sigma.to(torch.int64)]
+    # alpha-bar at each image's timestep, gathered on the device in the table's own dtype (rescale_eps upcasts the
+    # [B] values to float32); the whole table is not converted on every step
+    table = state.model.alphas_cumprod.to(x.device)
+    a = table.index_select(0, sigma.to(device=x.device, dtype=torch.int64))
     return guidance.rescale_eps(x, a, positive, combined, phi)
 
 

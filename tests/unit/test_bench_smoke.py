@@ -17,25 +17,33 @@ def test_bench_overhead_quick_runs_and_prints_its_table():
         [sys.executable, str(REPO / "bench" / "bench_overhead.py"), "--quick"],
         capture_output=True,
         text=True,
-        timeout=300,  # < 20 s on an idle 2-core box; generous for a busy CI runner
+        timeout=300,  # < 30 s on an idle 2-core box; generous for a busy CI runner
         cwd=REPO,
     )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
     out = run.stdout
     assert "(quick: not representative)" in out
-    assert out.count("wrapper check: ok") == 4  # SD1.5-like and SDXL-like, fp32 and fp16: the wrapper really rescaled
+    # 3 configurations x fp32/fp16 latents, each wrapper (k-diffusion, timestep eps, timestep v) really rescaled
+    assert out.count("wrapper checks: ok, ok, ok") == 6
+    assert out.count("UNet step: median") == 3
     for label in (
-        "(a) rescale maths",
-        "(b) WebUI combine_denoised (plain",
-        "(b) EXTRA per step",
-        "(c) ztsnr_sigma_table",
-        "(c) install_sigma_table",
-        "(c) decide",
-        "(c) TrailingSchedule(steps)",
-        "(c) detect_file, cached",
-        "(c) detect_file, uncached",
-        "UNet forward: median",
-        "extension extra per step",
+        "WebUI combine_denoised (plain",
+        "k-diffusion: EXTRA per step",
+        "positive_prediction",
+        "rescale_denoised (v space)",
+        "timestep, eps ckpt: EXTRA",
+        "rescale_eps (v space)",
+        "timestep, v ckpt: EXTRA",
+        "cfg_rescale (in v)",
+        "inactive (eps/disabled)",
+        "Kernel-launching aten ops per step",
+        "ztsnr_sigma_table",
+        "install_sigma_table",
+        "decide",
+        "TrailingSchedule(steps)",
+        "detect_file, cached",
+        "detect_file, uncached",
+        "script hooks, whole pass",
     ):
         assert label in out, label
 

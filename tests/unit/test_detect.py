@@ -735,6 +735,25 @@ def test_odd_tensor_entries_are_tolerated(tmp_path):
     assert (d.prediction, d.family) == ("v", "unknown")
 
 
+def test_overlapping_offsets_and_short_data_do_not_stop_detection(tmp_path):
+    """Detection reads names and metadata, never tensor data, so bad offsets do not matter to it; the safetensors
+    library's reader (which a faster path could use) rejects such a file, which is why detection keeps its own."""
+    header = {
+        "v_pred": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]},
+        "conditioner.embedders.1.model.ln_final.weight": {"dtype": "F16", "shape": [4], "data_offsets": [0, 8]},
+        "overlaps": {"dtype": "F16", "shape": [4], "data_offsets": [4, 12]},  # overlaps the previous tensor
+        "__metadata__": {"modelspec.architecture": "stable-diffusion-xl-v1-base"},
+    }
+    path = write_header(tmp_path / "overlap.safetensors", header, data_len=8)  # and the data ends at byte 8, not 12
+    d = detect_checkpoint(path)
+    assert (d.prediction, d.family, d.prediction_source) == ("v", "SDXL", "key")
+    assert d.warnings == ()
+    from safetensors import SafetensorError, safe_open
+
+    with pytest.raises(SafetensorError, match="invalid offset"), safe_open(str(path), "pt") as f:
+        f.keys()
+
+
 def test_huge_number_of_keys(tmp_path):
     header = {
         f"model.diffusion_model.block.{i}.weight": {"dtype": "F16", "shape": [1], "data_offsets": [0, 0]}

@@ -469,3 +469,49 @@ def test_combine_conds_mismatch_raises():
         guidance.combine_conds(x_out, conds_list[:2], uncond, 7.5)
     with pytest.raises(ValueError, match="images"):
         guidance.positive_prediction(x_out, conds_list, uncond[:2])
+
+
+def test_combine_conds_single_prompts_with_a_common_weight_match_a1111():
+    # 'a cat :1.2' is one sub-prompt of weight 1.2: all images are combined at once, as the WebUI's loop would
+    g = torch.Generator().manual_seed(12)
+    x_out = torch.randn(6, 4, 8, 8, generator=g)
+    conds_list = [[(0, 1.2)], [(1, 1.2)], [(2, 1.2)]]
+    for cond_scale in (1.0, 7.5):
+        ours = guidance.combine_conds(x_out, conds_list, x_out[-3:], cond_scale)
+        ref = a1111_combine_denoised(x_out, conds_list, 3, cond_scale)
+        torch.testing.assert_close(ours.double(), ref, rtol=1e-6, atol=1e-5)
+    pos = guidance.positive_prediction(x_out, conds_list, x_out[-3:])
+    torch.testing.assert_close(pos.double(), a1111_combine_denoised(x_out, conds_list, 3, 1.0), rtol=1e-6, atol=1e-6)
+
+
+def test_positive_prediction_rows_out_of_order_are_gathered():
+    g = torch.Generator().manual_seed(13)
+    x_out = torch.randn(6, 4, 8, 8, generator=g)
+    conds_list = [[(2, 1.0)], [(0, 1.0)], [(1, 1.0)]]
+    pos = guidance.positive_prediction(x_out, conds_list, x_out[-3:])
+    assert torch.equal(pos, torch.stack([x_out[2], x_out[0], x_out[1]]))
+
+
+def test_combine_conds_at_scale_one_returns_a_new_tensor():
+    x_out, _, _ = make_batch()
+    conds_list = [[(0, 1.0)], [(1, 1.0)], [(2, 1.0)]]
+    snapshot = x_out.clone()
+    out = guidance.combine_conds(x_out, conds_list, x_out[-3:], 1.0)
+    assert torch.equal(out, x_out[:3])
+    out += 1.0
+    assert torch.equal(x_out, snapshot)
+
+
+def test_rescale_denoised_and_eps_leave_a_constant_guided_prediction_unchanged():
+    # std 0 in v space: D_cfg - x / (sigma^2 + 1) constant over sample 1 (x = 0 there, so exactly constant)
+    x, pos, cfg = make_denoised_case(2.5, dtype=torch.float32)
+    x[1], cfg[1] = 0.0, 0.25
+    out = guidance.rescale_denoised(x, 2.5, pos, cfg, 0.7)
+    assert bool(torch.isfinite(out).all())
+    assert torch.equal(out[1], cfg[1])
+    torch.testing.assert_close(out[0], guidance.rescale_denoised(x[:1], 2.5, pos[:1], cfg[:1], 0.7)[0])
+    _, x_t, eps_pos, eps_cfg, _, _ = make_eps_case(0.5)
+    x_t[2], eps_cfg[2] = 0.0, -0.5  # eps - sqrt(1 - abar) x_t constant over sample 2: v constant
+    out = guidance.rescale_eps(x_t, 0.5, eps_pos, eps_cfg, 0.7)
+    assert bool(torch.isfinite(out).all())
+    assert torch.equal(out[2], eps_cfg[2])
