@@ -557,6 +557,17 @@ def start(host: Host, *, extension: bool = True, timeout: float = 600.0, extra_a
     return base
 
 
+def peak_rss(pid: int) -> str:
+    """The process's peak resident set size (``VmHWM``), for the README's memory figures; "?" where unknown."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return f"{int(line.split()[1]) / 2**20:.2f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return "?"
+
+
 def wait_for_exit(pid: int, seconds: float) -> bool:
     """Wait until ``pid`` is gone (reaping it when it is our own child); True when it is."""
     deadline = time.monotonic() + seconds
@@ -576,7 +587,7 @@ def stop(host: Host) -> None:
     if pid is None:
         pid_file(host).unlink(missing_ok=True)
         return
-    log(f"stopping {host.title} (pid {pid})")
+    log(f"stopping {host.title} (pid {pid}; peak RSS {peak_rss(pid)})")
     for sig, grace in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 10.0)):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, sig)
