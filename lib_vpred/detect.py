@@ -4,7 +4,8 @@ Signals, strongest first (webui-hooks.md §7 and §10, peers.md §8-9):
 
 1. the YAML config beside the checkpoint (what the WebUI itself uses; ``model.params.parameterization`` for LDM
    SD1/SD2, the sgm ``scaling_config`` for SDXL, an optional top-level ``ztsnr`` marker, ``given_betas``);
-2. tensor names in the safetensors header (``v_pred``, ``ztsnr``, ``edm_vpred.sigma_max``/``sigma_min``);
+2. tensor names in the safetensors header (``v_pred``, ``ztsnr``, ``edm_vpred.sigma_max``/``sigma_min``); a marker
+   key's v beats a YAML's eps, which is only the config default (see :func:`_rank`);
 3. the header's ``__metadata__`` (Stability ModelSpec, kohya sd-scripts ``ss_*`` keys);
 4. hints in the file name (``vpred``, ``ztsnr``, ...), used only when nothing stronger decides.
 
@@ -40,7 +41,8 @@ Family = Literal["SD1", "SD2", "SDXL", "unknown"]
 Source = Literal["yaml", "key", "metadata", "webui", "filename"]
 Field = Literal["prediction", "ztsnr", "family", "edm"]
 
-#: Precedence of the sources, strongest first. The YAML wins because the WebUI (v1.10.1) samples as it says.
+#: Precedence of the sources, strongest first. The YAML wins because the WebUI (v1.10.1) samples as it says; one
+#: exception, a YAML's eps against a marker key's v (:func:`_rank`).
 SOURCE_PRECEDENCE: tuple[Source, ...] = ("yaml", "key", "metadata", "webui", "filename")
 _RANK: dict[str, int] = {s: i for i, s in enumerate(SOURCE_PRECEDENCE)}
 
@@ -255,11 +257,22 @@ class _Findings:
         return _resolve(self.claims, self.notes, self.problems, self.yaml_path)
 
 
+def _rank(c: Claim) -> float:
+    """Strength of a claim (lower wins): its source's place in :data:`SOURCE_PRECEDENCE`, except that a YAML's eps
+    ranks just below a marker key. eps is what a config says unless told otherwise (LDM without ``parameterization``,
+    sgm's stock ``EpsScaling``) and what the WebUI's stock configs say for a checkpoint without a YAML, while a
+    ``v_pred`` / ``edm_vpred.*`` key is the checkpoint's own statement (NoobAI-XL V-Pred, CosXL): such a checkpoint
+    is v with a YAML that keeps the stock eps scaling just as without one. A YAML's v still beats everything."""
+    if c.field == "prediction" and c.source == "yaml" and c.value == "eps":
+        return _RANK["key"] + 0.5
+    return _RANK[c.source]
+
+
 def _winner(claims: Iterable[Claim], field: str) -> Claim | None:
-    """The claim that decides ``field``: the strongest source; within one source, the first stated."""
+    """The claim that decides ``field``: the strongest (:func:`_rank`); within one rank, the first stated."""
     best: Claim | None = None
     for c in claims:
-        if c.field == field and (best is None or _RANK[c.source] < _RANK[best.source]):
+        if c.field == field and (best is None or _rank(c) < _rank(best)):
             best = c
     return best
 
@@ -289,6 +302,8 @@ def _resolve(
             hint = ""
             if win.source == "yaml" and field == "prediction":
                 hint = "; WebUI v1.10.1 samples it as the YAML says"
+            elif win.source == "key" and c.source == "yaml" and field == "prediction":
+                hint = "; the YAML's eps is only the config default (the WebUI alone would sample eps)"
             elif win.source == "yaml" and field == "family":
                 hint = "; the YAML may not fit this checkpoint (the WebUI may fail to load it)"
             conflicts.append(f"conflicting {field}: {win.reason}, but {c.reason}; using the {win.source}{hint}")

@@ -13,8 +13,9 @@ first; ``VPRED_MODELS_DIR`` for the tiny checkpoints (default ``<host>/tiny-mode
 
 A host is a real, unmodified WebUI at a pinned commit, with the repositories it pins, its own venv (the pinned torch
 2.14.1 / torchvision 0.29.1 pair and the WebUI's ``requirements_versions.txt`` with only the changes listed in
-``Host.requirements``), and the tiny test checkpoints from ``tests/webui/tiny_models.py``. This checkout is copied
-into its ``extensions/sd-webui-vpred`` at every start (tracked and untracked-not-ignored files, as a clone has them).
+``Host.requirements``), and the tiny test checkpoints from ``tests/webui/tiny_models.py``. Each start gets a fresh
+``--data-dir`` (``instances/<port>``: config, outputs, extensions) and this checkout copied into its
+``extensions/sd-webui-vpred`` (tracked and untracked-not-ignored files, as a clone has them).
 
 Sources, in this order:
 1. ``VPRED_HOST_SOURCES``: a folder of source tarballs (the layout of ``../shared/hosts``: ``<name>-<commit[:10]>.tar.gz``);
@@ -456,16 +457,19 @@ def extension_files() -> list[Path]:
     return [Path(n) for n in names if (REPO / n).is_file()]
 
 
+def instance_dir(host: Host) -> Path:
+    """This instance's ``--data-dir`` (extensions, config.json, ui-config.json, outputs), new at every start: each run
+    starts from the WebUI's defaults, and two instances on two ports share nothing but the read-only install."""
+    return host_dir(host) / "instances" / str(port(host))
+
+
 def install_extension(host: Host, enabled: bool) -> None:
-    """Install this checkout into ``extensions/sd-webui-vpred`` as a copy, like a user's clone (a symlink out of the
-    WebUI folder would make gradio refuse to serve the extension's JavaScript and CSS)."""
-    ext = host_dir(host) / "extensions"
-    ext.mkdir(exist_ok=True)
-    dest = ext / "sd-webui-vpred"
-    if dest.is_symlink():
-        dest.unlink()
-    elif dest.exists():
-        shutil.rmtree(dest)
+    """Install this checkout into the instance's ``extensions/sd-webui-vpred`` as a copy, like a user's clone (a
+    symlink out of the WebUI folder would make gradio refuse to serve the extension's JavaScript and CSS)."""
+    data = instance_dir(host)
+    shutil.rmtree(data, ignore_errors=True)
+    dest = data / "extensions" / "sd-webui-vpred"
+    dest.parent.mkdir(parents=True)
     if not enabled:
         return
     for name in extension_files():
@@ -517,6 +521,11 @@ def start(host: Host, *, extension: bool = True, timeout: float = 600.0, extra_a
         str(models),
         "--ckpt",
         str(models / host.startup_checkpoint),
+        "--data-dir",
+        str(instance_dir(host)),
+        # the WebUI's own models folder (VAE-approx for live previews ships there), not one inside the data dir
+        "--models-dir",
+        str(root / "models"),
         *extra_args,
     ]
     log(f"starting {host.title}: {' '.join(cmd)}")

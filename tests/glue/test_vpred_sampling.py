@@ -261,6 +261,40 @@ def test_sdxl_v_pred_keys_without_yaml_are_sampled_as_v_per_instance(make_webui)
     assert torch.equal(images(out), images(out_native))
 
 
+#: What a user gets by copying the WebUI's stock sgm SDXL config beside a NoobAI-style checkpoint (the scaling is the
+#: only part detection reads): eps scaling, the config default.
+SDXL_STOCK_EPS_YAML = """model:
+  target: sgm.models.diffusion.DiffusionEngine
+  params:
+    denoiser_config:
+      target: sgm.modules.diffusionmodules.denoiser.DiscreteDenoiser
+      params:
+        scaling_config:
+          target: sgm.modules.diffusionmodules.denoiser_scaling.EpsScaling
+"""
+
+
+def test_sdxl_v_pred_keys_with_an_eps_scaling_yaml_beside_are_sampled_as_v(make_webui):
+    """The YAML's ``EpsScaling`` is only the config default: the ``v_pred`` / ``ztsnr`` keys decide, and the image is
+    the one the same checkpoint gives without a YAML (tiny-sdxl-vpredkeys on the live tier)."""
+    w = new_webui(make_webui, True, models=[V_SDXL_KEYS])
+    model = w.shared.sd_model
+    yaml_path = w.tmp / f"{V_SDXL_KEYS[0]}.yaml"
+    yaml_path.write_text(SDXL_STOCK_EPS_YAML)
+    model.used_config = str(yaml_path)  # what the WebUI would have loaded the model with
+    rec = Recorder(w)
+    _, out = w.run("txt2img", prompt="a cat", steps=4)
+    table = ztsnr_sigmas(model.alphas_cumprod_original)
+    assert {s["wrapper_type"] for s in rec.steps} == {"CompVisVDenoiser"}
+    assert all(torch.equal(s["sigmas"], table) for s in rec.steps)
+    assert model.parameterization == "eps"
+    assert vpred_keys(out) == DEFAULT_INFOTEXT
+
+    w_bare = new_webui(make_webui, True, models=[V_SDXL_KEYS])
+    _, out_bare = w_bare.run("txt2img", prompt="a cat", steps=4)
+    assert torch.equal(images(out), images(out_bare))
+
+
 def test_sdxl_v_pred_key_without_ztsnr_evidence_keeps_the_standard_table(make_webui):
     w = new_webui(make_webui, True, models=[("vonlyxl", {"family": "SDXL", "keys": ("v_pred",)})])
     model = w.shared.sd_model

@@ -543,14 +543,43 @@ def test_filename_only_when_nothing_stronger(tmp_path):
 # --- precedence and conflicts ---------------------------------------------------------------------------------------
 
 
-def test_yaml_eps_beats_v_pred_key_with_warning(tmp_path):
-    ckpt = write_st(tmp_path / "c.safetensors", {**SDXL_KEYS, "v_pred": MARK})
-    (tmp_path / "c.yaml").write_text(SDXL_EPS_YAML)
+@pytest.mark.parametrize(
+    ("keys", "yaml_text", "yaml_says"),
+    [
+        ({**SDXL_KEYS, "v_pred": MARK, "ztsnr": MARK}, SDXL_EPS_YAML, "EpsScaling"),  # NoobAI-XL + a stock SDXL YAML
+        ({**SD1_KEYS, "v_pred": MARK}, SD1_EPS_YAML, "parameterization absent"),
+    ],
+)
+def test_v_pred_key_beats_a_yaml_that_keeps_the_default_eps_with_warning(tmp_path, keys, yaml_text, yaml_says):
+    """A YAML's eps is only the config default (the WebUI's stock configs say the same without a YAML): the key's v
+    wins, as it does without a YAML; the conflict is reported."""
+    ckpt = write_st(tmp_path / "c.safetensors", keys)
+    (tmp_path / "c.yaml").write_text(yaml_text)
+    d = detect_checkpoint(ckpt)
+    assert (d.prediction, d.prediction_source) == ("v", "key")
+    assert d.reasons[0] == "safetensors key 'v_pred' present"
+    (w,) = [w for w in d.warnings if w.startswith("conflicting prediction")]
+    assert yaml_says in w
+    assert "the YAML's eps is only the config default (the WebUI alone would sample eps)" in w
+    if "ztsnr" in keys:
+        assert (d.ztsnr, d.ztsnr_source) == (True, "key")
+        assert d.summary() == "SDXL v-pred + ZTSNR (key v_pred; key ztsnr)"
+
+
+def test_yaml_eps_still_beats_metadata_and_file_name_v(tmp_path):
+    ckpt = write_st(tmp_path / "x-vpred.safetensors", SDXL_KEYS, {"modelspec.prediction_type": "v"})
+    (tmp_path / "x-vpred.yaml").write_text(SDXL_EPS_YAML)
     d = detect_checkpoint(ckpt)
     assert (d.prediction, d.prediction_source) == ("eps", "yaml")
-    (w,) = [w for w in d.warnings if w.startswith("conflicting prediction")]
-    assert "safetensors key 'v_pred' present" in w
-    assert "WebUI v1.10.1 samples it as the YAML says" in w
+    assert any("WebUI v1.10.1 samples it as the YAML says" in w for w in d.warnings)
+
+
+def test_yaml_v_beats_everything(tmp_path):
+    ckpt = write_st(tmp_path / "c.safetensors", {**SDXL_KEYS, "v_pred": MARK}, {"modelspec.prediction_type": "eps"})
+    (tmp_path / "c.yaml").write_text(SDXL_V_YAML)
+    d = detect_checkpoint(ckpt)
+    assert (d.prediction, d.prediction_source) == ("v", "yaml")
+    assert "safetensors key 'v_pred' present (agrees)" in d.reasons
 
 
 def test_key_beats_metadata_with_warning(tmp_path):
@@ -833,7 +862,7 @@ def test_fifo_checkpoint_does_not_hang(tmp_path):
             "key",
         ),
         ("model:\n  target: ldm.X\n  params:\n    parameterization: x0\n", "neither v nor eps", "key"),
-        ("model:\n  target: ldm.X\n  params:\n    unet_config: [1]\n", "unet_config is a list", "yaml"),
+        ("model:\n  target: ldm.X\n  params:\n    unet_config: [1]\n", "unet_config is a list", "key"),
         ("model:\n  target: sgm.X\n  params:\n    denoiser_config: 3\n", "denoiser_config is an int", "key"),
         (
             "model:\n  target: sgm.X\n  params:\n    denoiser_config:\n      params:\n        scaling_config:\n"
@@ -841,8 +870,8 @@ def test_fifo_checkpoint_does_not_hang(tmp_path):
             "expected a class path",
             "key",
         ),
-        ("model:\n  target: ldm.X\n  params:\n    given_betas: [0.1, two]\n", "not a list of betas", "yaml"),
-        ("ztsnr: maybe\n" + SD1_EPS_YAML, "expected true or false", "yaml"),
+        ("model:\n  target: ldm.X\n  params:\n    given_betas: [0.1, two]\n", "not a list of betas", "key"),
+        ("ztsnr: maybe\n" + SD1_EPS_YAML, "expected true or false", "key"),
         ("a: 2023-13-45\n", "is not valid YAML", "key"),  # a bad timestamp raises ValueError in the constructor
         ("!!python/object/apply:os.system ['echo pwned']\n", "is not valid YAML", "key"),  # safe_load refuses tags
     ],
@@ -853,7 +882,8 @@ def test_broken_yaml_is_reported(tmp_path, text, fragment, source):
     d = detect_checkpoint(ckpt)
     assert isinstance(d, Detection)
     assert any(fragment in w for w in d.warnings), d.warnings
-    # A broken YAML decides nothing; a YAML that is an LDM config with no parameterization still means eps.
+    # A broken YAML decides nothing; an LDM config with no parameterization means only the default eps, which the
+    # v_pred key beats (test_v_pred_key_beats_a_yaml_that_keeps_the_default_eps_with_warning).
     assert d.prediction_source == source
     assert d.prediction == ("v" if source == "key" else "eps")
 

@@ -50,7 +50,8 @@ def call(path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
 
 
 def generate(kind: str, checkpoint: str, vpred: Any = None, **fields: Any) -> dict[str, Any]:
-    body = {**SMALL, **fields, "override_settings": {"sd_model_checkpoint": checkpoint}}
+    overrides = {**fields.pop("override_settings", {}), "sd_model_checkpoint": checkpoint}
+    body = {**SMALL, **fields, "override_settings": overrides}
     if vpred is not None:
         body["alwayson_scripts"] = {"vpred": {"args": vpred}}
     status, out = call(f"/sdapi/v1/{kind}", body)
