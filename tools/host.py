@@ -20,7 +20,8 @@ A host is a real, unmodified WebUI at a pinned commit, with the repositories it 
 Sources, in this order:
 1. ``VPRED_HOST_SOURCES``: a folder of source tarballs (the layout of ``../shared/hosts``: ``<name>-<commit[:10]>.tar.gz``);
 2. ``../shared/hosts`` beside this repository, when it exists;
-3. otherwise GitHub: ``git clone`` of the same repositories, checked out at the same commits.
+3. otherwise GitHub: ``git clone`` of the same repositories, checked out at the same commits (``VPRED_GIT_BASE``
+   replaces ``https://github.com``, e.g. for a mirror).
 Every tarball's sha256 and every clone's commit is verified against the table below before anything is built.
 
 Where: ``VPRED_HOSTS_DIR`` (default ``~/sd-webui-vpred-hosts``), one folder per host. It must lie outside this
@@ -272,7 +273,7 @@ def unpack(src: Source, folder: Path, dest: Path) -> None:
 
 def clone(src: Source, dest: Path) -> None:
     """Clone ``src`` from GitHub at its pinned commit and verify it."""
-    url = f"https://github.com/{src.github}.git"
+    url = f"{os.environ.get('VPRED_GIT_BASE', 'https://github.com').rstrip('/')}/{src.github}.git"
     tmp = dest.with_name(dest.name + ".clone")
     shutil.rmtree(tmp, ignore_errors=True)
     run(["git", "clone", "-q", "--filter=blob:none", "--no-checkout", url, str(tmp)])

@@ -1,0 +1,170 @@
+"""The host builder's own logic (``tools/host.py``): requirement edits, source verification, where hosts may live.
+
+The full build is proven by the live and browser tiers (``bash tools/dev.sh test`` builds a real WebUI with it); these
+tests pin the parts a build from GitHub or a changed tarball would exercise, without the network: a clone is made
+from a local repository through ``VPRED_GIT_BASE``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load_host():
+    spec = importlib.util.spec_from_file_location("vpred_host_tool", REPO / "tools" / "host.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+host = _load_host()
+
+# v1.10.1's requirements_versions.txt starts like this, with CRLF line endings
+REQUIREMENTS = (
+    "setuptools==69.5.1  # temp fix for compatibility with some old packages\r\n"
+    "GitPython==3.1.32\r\n"
+    "gradio==3.41.2\r\n"
+    "torch\r\n"
+    "torchdiffeq==0.2.3\r\n"
+    "\r\n"
+)
+
+
+def test_a1111_requirements_change_only_setuptools_and_torch():
+    reqs = host.A1111.requirements(REQUIREMENTS)
+    assert reqs == [
+        "setuptools>=77.0.3,<81",
+        "GitPython==3.1.32",
+        "gradio==3.41.2",
+        "torchdiffeq==0.2.3",
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+    ]
+
+
+def test_a1111_pins_the_published_commits():
+    """The commits A1111 v1.10.1 pins in modules/launch_utils.py (and the v1.10.1 tag commit itself)."""
+    commits = {s.name: s.commit for s in (host.A1111.root, *host.A1111.sources)}
+    assert commits["a1111-webui"] == "82a973c04367123ae98bd9abdf80d9eda9b910e2"
+    assert commits["k-diffusion"] == "ab527a9a6d347f364e3d185ba6d714e22d80cb3c"
+    assert commits["stable-diffusion-stability-ai"] == "cf1d67a6fd5ea1aa600c4df58e5b47da45f6bdbf"
+    assert commits["generative-models"] == "45c443b316737a4ab6e40413d7794a7f5657c19f"
+    assert commits["BLIP"] == "48211a1594f1321b00f14c9f7a5b4813144b2fb9"
+    assert commits["stable-diffusion-webui-assets"] == "6f7db241d2f8ba7457bac5ca9753331f0c266917"
+
+
+def test_shared_sources_list_matches_the_builder_when_present():
+    """``../shared/hosts/SOURCES.txt`` (where present) names the same repositories, commits and sha256 prefixes."""
+    listing = REPO.parent / "shared" / "hosts" / "SOURCES.txt"
+    if not listing.is_file():
+        pytest.skip("no ../shared/hosts here")
+    rows = {}
+    for line in listing.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, github, commit, prefix = line.split()
+            rows[name] = (github, commit, prefix)
+    for src in (host.A1111.root, *host.A1111.sources):
+        assert rows[src.name] == (src.github, src.commit, src.sha256_prefix), src.name
+
+
+def _tarball(folder: Path, name: str, commit: str, files: dict[str, bytes]) -> str:
+    path = folder / f"{name}-{commit[:10]}.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for rel, data in files.items():
+            info = tarfile.TarInfo(f"{name}/{rel}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_unpack_verifies_the_sha256(tmp_path):
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    digest = _tarball(sources, "thing", "a" * 40, {"README": b"hello"})
+    good = host.Source("thing", "someone/thing", "a" * 40, digest[:16], "repositories/thing")
+    dest = tmp_path / "host" / "repositories" / "thing"
+    dest.parent.mkdir(parents=True)
+    host.unpack(good, sources, dest)
+    assert (dest / "README").read_bytes() == b"hello"
+
+    bad = host.Source("thing", "someone/thing", "a" * 40, "0" * 16, "repositories/thing")
+    with pytest.raises(host.HostError, match="sha256"):
+        host.unpack(bad, sources, tmp_path / "host" / "repositories" / "other")
+    missing = host.Source("nothing", "someone/nothing", "b" * 40, "0" * 16, "x")
+    with pytest.raises(host.HostError, match="missing"):
+        host.unpack(missing, sources, tmp_path / "host" / "x")
+
+
+def _git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_clone_checks_out_and_verifies_the_pinned_commit(tmp_path, monkeypatch):
+    upstream = tmp_path / "base" / "someone" / "thing"
+    upstream.mkdir(parents=True)
+    _git("init", "-q", cwd=upstream)
+    _git("config", "user.email", "t@example.invalid", cwd=upstream)
+    _git("config", "user.name", "t", cwd=upstream)
+    (upstream / "f").write_text("first")
+    _git("add", "f", cwd=upstream)
+    _git("commit", "-qm", "first", cwd=upstream)
+    first = _git("rev-parse", "HEAD", cwd=upstream)
+    (upstream / "f").write_text("second")
+    _git("commit", "-qam", "second", cwd=upstream)
+    bare = tmp_path / "base" / "someone" / "thing.git"
+    _git("clone", "-q", "--bare", str(upstream), str(bare), cwd=tmp_path)
+    monkeypatch.setenv("VPRED_GIT_BASE", str(tmp_path / "base"))
+
+    dest = tmp_path / "host" / "repositories" / "thing"
+    dest.parent.mkdir(parents=True)
+    host.clone(host.Source("thing", "someone/thing", first, "", "repositories/thing"), dest)
+    assert (dest / "f").read_text() == "first"  # the pinned commit, not the branch head
+
+    with pytest.raises(subprocess.CalledProcessError):
+        host.clone(host.Source("thing", "someone/thing", "f" * 40, "", "x"), tmp_path / "host" / "other")
+
+
+def test_hosts_folder_must_be_outside_the_repo_and_free_of_dot_folders(tmp_path, monkeypatch):
+    monkeypatch.setenv("VPRED_HOSTS_DIR", str(tmp_path / "hosts"))
+    assert host.hosts_dir() == (tmp_path / "hosts").resolve()
+    monkeypatch.setenv("VPRED_HOSTS_DIR", str(tmp_path / ".cache" / "hosts"))
+    with pytest.raises(host.HostError, match="dot-folder"):
+        host.hosts_dir()
+    monkeypatch.setenv("VPRED_HOSTS_DIR", str(REPO / "hosts"))
+    with pytest.raises(host.HostError, match="inside this repository"):
+        host.hosts_dir()
+
+
+def test_recipe_change_means_not_built(tmp_path, monkeypatch):
+    monkeypatch.setenv("VPRED_HOSTS_DIR", str(tmp_path / "hosts"))
+    assert not host.is_built(host.A1111)  # nothing there
+    root = host.host_dir(host.A1111)
+    root.mkdir(parents=True)
+    stamp = dict(host.recipe(host.A1111), recipe=-1)
+    host.stamp_path(host.A1111).write_text(json.dumps(stamp))
+    assert not host.is_built(host.A1111)  # an outdated stamp
+
+
+def test_extension_copy_is_what_a_clone_has():
+    names = {str(p) for p in host.extension_files()}
+    for required in (
+        "install.py",
+        "scripts/vpred.py",
+        "lib_vpred/params.py",
+        "javascript/vpred-hints.js",
+        "style.css",
+    ):
+        assert required in names
+    assert not any(n.startswith((".venv/", ".git/")) or "__pycache__" in n for n in names)
