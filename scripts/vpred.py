@@ -17,12 +17,16 @@ from modules.ui_components import InputAccordion
 
 from lib_vpred import params as vp
 from lib_vpred.plan import SamplerFacts, decide
-from lib_vpred.webui import api, hooks, schedulers, settings, ui, xyz
+from lib_vpred.webui import api, hooks, host_check, schedulers, settings, ui, xyz
 
 logger = logging.getLogger("vpred")
 LOG_PREFIX = "[VPred]"
 #: Warnings already printed to the console, so each is said once per checkpoint (process lifetime, not request state).
 _warned: set[tuple[str, str]] = set()
+#: Decided once at import: on a host this version does not support the extension changes no generation.
+HOST = host_check.detect_host()
+if not HOST.supported:
+    print(f"{LOG_PREFIX} {HOST.message()}")
 
 
 class VPredArgumentError(vp.ParamError, HTTPException):
@@ -46,6 +50,8 @@ def _fail_generation(error: VPredArgumentError, *args: Any, **kwargs: Any) -> An
 
 def _status_text(*values: Any) -> str:
     """The panel's status line for the loaded checkpoint and the given control values."""
+    if not HOST.supported:
+        return HOST.message()
     try:
         current = vp.from_args(values)
     except vp.ParamError as e:
@@ -60,6 +66,8 @@ def _status_text(*values: Any) -> str:
 
 
 def _api_status() -> dict[str, Any]:
+    if not HOST.supported:
+        return {"host": HOST.name, "supported": False, "status": HOST.message()}
     sd_model = shared.sd_model
     if sd_model is None:
         return {"checkpoint": None, "status": "no checkpoint loaded"}
@@ -114,7 +122,8 @@ class VPredScript(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img: bool) -> list[Any]:
-        return ui.build(self, is_img2img, InputAccordion, _status_text, settings.defaults(shared.opts))
+        preview_fn = None if HOST.supported else (lambda *_: ui.preview_message(HOST.message()))
+        return ui.build(self, is_img2img, InputAccordion, _status_text, settings.defaults(shared.opts), preview_fn)
 
     def after_component(self, component: Any, **kwargs: Any) -> None:
         # The schedule preview follows the tab's steps / sampler / schedule type / denoising strength components,
@@ -122,6 +131,8 @@ class VPredScript(scripts.Script):
         ui.capture_component(self, component)
 
     def process(self, p: Any, *args: Any) -> None:
+        if not HOST.supported:
+            return
         # Start the job without our infotext keys, in a dict of this p's own: the XYZ script shallow-copies p, so
         # every cell shares one extra_generation_params and a key from an earlier cell would otherwise leak.
         # (Only when needed: otherwise the dict other scripts may hold a reference to stays the same object.)
@@ -163,13 +174,14 @@ class VPredScript(scripts.Script):
         hooks.restore_p(p)
 
 
-script_callbacks.on_cfg_denoiser(
-    functools.partial(hooks.on_cfg_denoiser, sd_model_getter=lambda: shared.sd_model, opts=shared.opts),
-    name="vpred_capture",
-)
 script_callbacks.on_app_started(lambda _demo, app: api.register_routes(app, _api_status), name="vpred_api")
 script_callbacks.on_ui_settings(lambda: settings.register(shared.opts, shared.OptionInfo), name="vpred_settings")
-script_callbacks.on_before_ui(lambda: xyz.register(scripts.scripts_data), name="vpred_xyz")
-# A "Trailing" Schedule type, usable without the panel; removed again when the scripts are unloaded (Reload UI).
-schedulers.register(sd_schedulers)
-script_callbacks.on_script_unloaded(lambda: schedulers.unregister(sd_schedulers), name="vpred_unload")
+if HOST.supported:
+    script_callbacks.on_cfg_denoiser(
+        functools.partial(hooks.on_cfg_denoiser, sd_model_getter=lambda: shared.sd_model, opts=shared.opts),
+        name="vpred_capture",
+    )
+    script_callbacks.on_before_ui(lambda: xyz.register(scripts.scripts_data), name="vpred_xyz")
+    # A "Trailing" Schedule type, usable without the panel; removed again when the scripts are unloaded (Reload UI).
+    schedulers.register(sd_schedulers)
+    script_callbacks.on_script_unloaded(lambda: schedulers.unregister(sd_schedulers), name="vpred_unload")
