@@ -127,7 +127,7 @@ def test_karras_20_steps_matches_peers_table():
     expo = pv.build_preview(table, 20, trailing=False, schedule_fn=k_diffusion.sampling.get_sigmas_exponential)
     assert (karras.above_stock, expo.above_stock) == (13, 10)
     assert [pv.format_sigma(s) for s in karras.sigmas[:3]] == ["4518.8", "3319.9", "2404.8"]
-    assert [pv.format_t(t) for t in karras.timesteps[:3]] == ["999", "998.6", "998.1"]
+    assert [pv.format_t(t) for t in karras.timesteps[:3]] == ["999", "999", "998"]
 
 
 @pytest.mark.parametrize("name", TABLES)
@@ -242,7 +242,25 @@ def test_formatting():
         "0.0292",
         "0",
     ]
-    assert [pv.format_t(v) for v in (999.0, 998.64, 0.0, 548.999)] == ["999", "998.6", "0", "549"]
+    # whole-number timesteps only (the preview once showed "997.7" next to integers)
+    assert [pv.format_t(v) for v in (999.0, 998.64, 997.7, 0.0, 548.999, 0.4)] == [
+        "999",
+        "999",
+        "998",
+        "0",
+        "549",
+        "0",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("n", "word"),
+    [(8, "an"), (11, "an"), (18, "an"), (80, "an"), (800, "an"), (1, "a"), (20, "a"), (110, "a"), (111, "a")],
+)
+def test_article_before_a_step_count(n, word):
+    assert pv.article(n) == word
+    preview = pv.build_preview(TABLES["ztsnr"], 4, trailing=True, denoising_strength=0.5, fixed_steps=True)
+    assert f" of {pv.article(preview.virtual_steps)} {preview.virtual_steps}-step " in preview.summary()
 
 
 def test_module_is_pure():
