@@ -618,6 +618,8 @@ def render_timestep_pass(
     )
     result = pv.preview_from_timesteps(table, calls, virtual_steps=virtual, denoising_strength=spec.denoise)
     how = "trailing (VPred)" if trailing else f"{name}'s own spacing"
+    if kind == timestep.PLMS and calls:
+        how += f", {len(calls) + 1} model calls (its first step calls the model twice)"
     table_kind = "ZTSNR" if (plan.active and plan.ztsnr) or facts.table_is_ztsnr else "stock"
     return _pass_html(title, how, table_kind, plan, result)
 
