@@ -226,3 +226,34 @@ def test_after_component_ignores_unrelated_and_never_raises(make_webui):
         other = gr.Slider(elem_id="img2img_steps")  # the other tab's id
         script.after_component(other)
     assert script._vpred_links.components == {}
+
+
+def _webui_ddim_calls(steps: int) -> list[int]:
+    """v1.10.1 ``CompVisSampler.get_timesteps`` and the ``ddim`` loop (``len - 1`` calls from the top), recomputed."""
+    ts = [min(max(t + 1, 0), 999) for t in range(0, 1000, 1000 // steps)]
+    return [ts[i] for i in range(len(ts) - 1, 0, -1)]
+
+
+@pytest.mark.parametrize(("spacing", "expected"), [("Trailing", None), ("Schedule type", "webui")])
+def test_timestep_sampler_preview_shows_its_timesteps(make_webui, spacing, expected):
+    """DDIM gets its real timesteps: trailing 999, 899, ... (10 calls) or the WebUI's own 901, 801, ... (9 calls)."""
+    w = new_webui(make_webui, models=(V_SD1,))
+    ddim = (gr.Radio, "txt2img_sampling", {"choices": ["Euler", "DDIM"], "value": "DDIM"})
+    blocks, script, _runner, created = _tab(w, False, before=[STEPS, ddim])
+    controls = _controls(script)
+    controls[3] = spacing
+    _state, _status, preview, _header = _listener(blocks, created["txt2img_steps"])(10, {"sampler": "DDIM"}, *controls)
+    assert "timestep sampler" not in preview
+    calls = [999 - 100 * i for i in range(10)] if expected is None else _webui_ddim_calls(10)
+    assert f"{len(calls)} steps, first at t={calls[0]}" in preview, preview
+    assert _first_row(preview, "t")[:3] == [str(t) for t in calls[:3]]
+
+
+def test_trailing_says_it_replaces_a_selected_schedule_type(make_webui):
+    w = new_webui(make_webui, models=(V_SD1,))
+    blocks, script, _runner, created = _tab(w, False, before=[STEPS, SAMPLER, SCHEDULER])
+    on_scheduler = _listener(blocks, created["txt2img_scheduler"])
+    _state, _status, preview, _header = on_scheduler("Karras", {}, *_controls(script))
+    assert "trailing (VPred), replacing the selected Schedule type Karras" in preview
+    _state, _status, preview, _header = on_scheduler("Automatic", {}, *_controls(script))
+    assert "replacing" not in preview
