@@ -43,9 +43,9 @@ def _fail_generation(error: VPredArgumentError, *args: Any, **kwargs: Any) -> An
     raise error
 
 
-def _status_text(*values: Any) -> ui.Status:
-    """The panel's status line for the loaded checkpoint and the given control values: one line in plain words
-    (what the next generation does, true for every tab), the reasons and warnings as its hover text."""
+def _status_text(*values: Any, sampler_name: str | None = None) -> ui.Status:
+    """The panel's status line for the loaded checkpoint, the given control values and the tab's sampler: one line in
+    plain words (what the next generation does), the reasons and warnings as its hover text."""
     try:
         current = vp.from_args(values)
     except vp.ParamError as e:
@@ -54,7 +54,12 @@ def _status_text(*values: Any) -> ui.Status:
     if sd_model is None:
         return ui.Status("no checkpoint loaded", summary="no checkpoint loaded")
     facts = hooks.model_facts(sd_model, shared.opts)
-    plan = decide(current, facts, SamplerFacts(name="k-diffusion samplers"))
+    sampler = (
+        SamplerFacts(name=sampler_name, family=ui.sampler_family_by_name(sampler_name))
+        if sampler_name
+        else SamplerFacts(name="k-diffusion samplers")
+    )
+    plan = decide(current, facts, sampler)
     line = f"{facts.name}: {plan.status()}"
     if plan.warnings:
         line += f" (⚠ {len(plan.warnings)} warning{'s' if len(plan.warnings) != 1 else ''}: hover)"

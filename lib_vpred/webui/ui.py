@@ -158,7 +158,7 @@ def build(
     accordion only hides it: it never turns the extension off.
 
     ``defaults`` (from Settings) are the controls' initial values; the API uses them for calls without our args.
-    ``status_fn(*control_values) -> Status | str`` is the status line; ``preview_fn(control_values, webui_values,
+    ``status_fn(*control_values[, sampler_name=<the tab's sampler>]) -> Status | str`` is the status line; ``preview_fn(control_values, webui_values,
     is_img2img) -> html`` renders the schedule preview (default: :func:`webui_preview_html`). Both run on page load and
     when the loaded checkpoint changes (``javascript/vpred-panel.js`` clicks Refresh) and on every relevant change.
     """
@@ -245,6 +245,16 @@ def build(
 # --- the preview's link to the WebUI's own components -----------------------------------------------------------------
 
 
+def _takes_sampler_name(fn: Callable[..., Any]) -> bool:
+    """Whether a status function takes the tab's sampler (``sampler_name=``), so its line is true for that tab."""
+    import inspect
+
+    try:
+        return "sampler_name" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 @dataclasses.dataclass(eq=False)
 class Panel:
     """One built panel (one tab, one ``gr.Blocks``): its components and the functions its events run."""
@@ -275,8 +285,12 @@ class Panel:
     def render(self, control_values: Sequence[Any], state: dict[str, Any] | None) -> tuple[str, str, Any]:
         """(status html, preview html, accordion update); never raises."""
         summary = ""
+        webui = self.webui_values(state)
         try:
-            found = self.status_fn(*control_values)
+            if _takes_sampler_name(self.status_fn):
+                found = self.status_fn(*control_values, sampler_name=webui.get("sampler"))
+            else:
+                found = self.status_fn(*control_values)
             if not isinstance(found, Status):
                 found = Status(str(found))
             status = status_html(found.line, found.hover)
@@ -290,7 +304,7 @@ class Panel:
             except vp.ParamError:
                 summary = "invalid setting"
         try:
-            preview = self.preview_fn(list(control_values), self.webui_values(state), self.is_img2img)
+            preview = self.preview_fn(list(control_values), webui, self.is_img2img)
         except Exception as e:
             logger.exception("[VPred] schedule preview failed")
             preview = preview_message(f"preview unavailable: {e}")

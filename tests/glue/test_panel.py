@@ -257,3 +257,18 @@ def test_trailing_says_it_replaces_a_selected_schedule_type(make_webui):
     assert "trailing (VPred), replacing the selected Schedule type Karras" in preview
     _state, _status, preview, _header = on_scheduler("Automatic", {}, *_controls(script))
     assert "replacing" not in preview
+
+
+def test_status_is_true_for_the_tabs_sampler(make_webui):
+    """DDIM CFG++ applies no CFG rescale: the status of a tab with it selected says so (and warns)."""
+    w = new_webui(make_webui, models=(V_SD1,))
+    sampler = (gr.Radio, "txt2img_sampling", {"choices": ["Euler", "DDIM CFG++"], "value": "Euler"})
+    blocks, script, _runner, created = _tab(w, False, before=[STEPS, sampler])
+    on_sampler = _listener(blocks, created["txt2img_sampling"])
+    _state, status, _preview, _header = on_sampler("Euler", {}, *_controls(script))
+    assert "CFG rescale 0.7" in status
+    _state, status, _preview, header = on_sampler("DDIM CFG++", {}, *_controls(script))
+    assert "no CFG rescale" in status
+    assert "1 warning" in status
+    assert "DDIM CFG++" in status  # the warning is the hover text
+    assert "no CFG rescale" in header["label"]
