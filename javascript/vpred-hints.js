@@ -1,17 +1,19 @@
 // sd-webui-vpred: hover hints (title attribute) for the VPred panel in txt2img and img2img.
 // Everything stays inside this function: no globals are created, and the WebUI's global `titles` is not touched.
-// The texts equal lib_vpred/params.py PARAMS[*].help (and ui.REFRESH_HINT); tests/unit/test_js_hints.py checks this.
+// The texts equal lib_vpred/params.py PARAMS[*].help (and ui.PANEL_HINT, ui.REFRESH_HINT); tests/unit/test_js_hints.py
+// checks this.
 (function() {
     "use strict";
 
     // elem_id suffix -> hint. Keep this object valid JSON: the unit test parses it.
     var HINTS = /* vpred-hints:begin */ {
-        "enabled": "Master switch. When off the extension changes nothing. When on it only acts on v-prediction checkpoints.",
-        "prediction": "Auto: detect from the YAML beside the checkpoint, checkpoint keys and metadata. v-prediction / eps: override a mis-flagged checkpoint.",
-        "ztsnr": "Rescale the noise schedule to zero terminal SNR (paper Algorithm 1). Auto: on for v-prediction checkpoints unless there is evidence against it.",
-        "spacing": "Trailing: the first step is always the last timestep (paper Table 2). Schedule type: keep the WebUI's selected schedule type.",
-        "cfg_rescale": "Rescale the guided v prediction towards the positive prediction's std (paper Algorithm 2). 0 disables it; the paper recommends 0.5-0.75 (0.7 with CFG 7.5).",
-        "refresh": "Re-read the loaded checkpoint and update the status line and the schedule preview."
+        "panel": "What the next generation will do with this checkpoint. Open it to see why and to change the settings; folding it away does not turn the extension off (use Enable inside).",
+        "enabled": "Turn the extension on or off. On, it changes only v-prediction checkpoints; eps checkpoints are left exactly as they are. Folding the panel away does not turn it off.",
+        "prediction": "Leave at Auto: the checkpoint's YAML file, keys and metadata tell. Pick v-prediction or eps only when a checkpoint is detected wrongly (its images come out grey, noisy or burnt).",
+        "ztsnr": "Leave at Auto: on for v-prediction checkpoints trained for it (SD1 ones such as fluffyrock), off for SD2 768-v. Pick On when a checkpoint's model card says 'zero terminal SNR' but the status does not; Off to compare.",
+        "spacing": "Trailing (recommended): the first step starts from pure noise, so very dark and very bright images work. Schedule type: use the WebUI's Schedule type instead (Karras is fine with DPM++ samplers).",
+        "cfg_rescale": "Tames the burnt, over-saturated look of high CFG scales on v-prediction checkpoints. 0.7 suits CFG 7; lower it (0.2-0.4) if colours look washed out; 0 turns it off.",
+        "refresh": "Re-read the loaded checkpoint. Not needed normally: the panel updates by itself when the page loads, the checkpoint changes or a setting changes."
     } /* vpred-hints:end */;
     var TABS = ["txt2img", "img2img"];
 
@@ -22,8 +24,8 @@
     function target(root, tab, item) {
         var elem = root.querySelector("#script_" + tab + "_vpred_" + item);
         if (!elem) return null;
-        if (item === "enabled") {
-            // The InputAccordion: hint on its header only, not on everything inside the accordion.
+        if (item === "panel") {
+            // The accordion: hint on its header only, not on everything inside the accordion.
             return elem.querySelector(".label-wrap") || elem;
         }
         return elem;

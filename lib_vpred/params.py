@@ -101,7 +101,8 @@ PARAMS: tuple[Param, ...] = (
         True,
         "Enable",
         "VPred",
-        "Master switch. When off the extension changes nothing. When on it only acts on v-prediction checkpoints.",
+        "Turn the extension on or off. On, it changes only v-prediction checkpoints; eps checkpoints are left exactly "
+        "as they are. Folding the panel away does not turn it off.",
     ),
     Param(
         "prediction",
@@ -109,8 +110,8 @@ PARAMS: tuple[Param, ...] = (
         "Auto",
         "Prediction type",
         "VPred prediction",
-        "Auto: detect from the YAML beside the checkpoint, checkpoint keys and metadata. "
-        "v-prediction / eps: override a mis-flagged checkpoint.",
+        "Leave at Auto: the checkpoint's YAML file, keys and metadata tell. Pick v-prediction or eps only when a "
+        "checkpoint is detected wrongly (its images come out grey, noisy or burnt).",
         choices=PREDICTION_CHOICES,
     ),
     Param(
@@ -119,8 +120,8 @@ PARAMS: tuple[Param, ...] = (
         "Auto",
         "Zero terminal SNR",
         "VPred ZTSNR",
-        "Rescale the noise schedule to zero terminal SNR (paper Algorithm 1). "
-        "Auto: on for v-prediction checkpoints unless there is evidence against it.",
+        "Leave at Auto: on for v-prediction checkpoints trained for it (SD1 ones such as fluffyrock), off for SD2 768-v. "
+        "Pick On when a checkpoint's model card says 'zero terminal SNR' but the status does not; Off to compare.",
         choices=ZTSNR_CHOICES,
     ),
     Param(
@@ -129,8 +130,8 @@ PARAMS: tuple[Param, ...] = (
         "Trailing",
         "Timestep spacing",
         "VPred spacing",
-        "Trailing: the first step is always the last timestep (paper Table 2). "
-        "Schedule type: keep the WebUI's selected schedule type.",
+        "Trailing (recommended): the first step starts from pure noise, so very dark and very bright images work. "
+        "Schedule type: use the WebUI's Schedule type instead (Karras is fine with DPM++ samplers).",
         choices=SPACING_CHOICES,
     ),
     Param(
@@ -139,8 +140,8 @@ PARAMS: tuple[Param, ...] = (
         0.7,
         "CFG rescale φ",
         "VPred CFG rescale",
-        "Rescale the guided v prediction towards the positive prediction's std (paper Algorithm 2). "
-        "0 disables it; the paper recommends 0.5-0.75 (0.7 with CFG 7.5).",
+        "Tames the burnt, over-saturated look of high CFG scales on v-prediction checkpoints. 0.7 suits CFG 7; "
+        "lower it (0.2-0.4) if colours look washed out; 0 turns it off.",
         minimum=0.0,
         maximum=1.0,
         step=0.05,

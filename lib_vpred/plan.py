@@ -30,6 +30,17 @@ DPM_SOLVER_FAMILY_PREFIX = "DPM++"
 #: brightness spread ~7x the data's at 10 steps, ~1.2x at 20, against ~1x for Euler and DPM++ 2M). The plan takes
 #: their first step with Euler instead.
 SECOND_ORDER_FIRST_STEP_UNSTABLE = frozenset({"Heun"})
+
+
+def schedule_type_loses_detail(scheduler: str | None, sampler_name: str | None) -> bool:
+    """The one rule (README "Compatibility", bench/bench_fidelity.py) for a schedule type under ZTSNR without trailing:
+    Beta / KL Optimal lose detail with every sampler; Karras / Exponential / Polyexponential with every sampler but
+    the DPM++ family (exponential integrators measured fine with them). Used by the plan and the schedule preview."""
+    if scheduler not in WASTEFUL_UNDER_ZTSNR:
+        return False
+    return scheduler in HARMFUL_WITH_EVERY_SAMPLER or not (sampler_name or "").startswith(DPM_SOLVER_FAMILY_PREFIX)
+
+
 #: Schedule types with fixed sigma tables that ignore the model's schedule (Align Your Steps starts at 14.615).
 IGNORES_TABLE = frozenset({"Align Your Steps", "Align Your Steps GITS", "Align Your Steps 11", "Align Your Steps 32"})
 
@@ -103,29 +114,70 @@ class Plan:
     #: Disabled by the user on a checkpoint the extension would have acted on: recorded so pasting reproduces it.
     disabled_but_applicable: bool = False
 
-    def status(self) -> str:
-        """One line for the panel: what was detected and why, and what the next generation will do."""
-        why = "; ".join(self.reasons)
-        if not self.active:
-            text = self.inactive_reason or "not applied"
-            return f"{text} ({why})" if why else text
-        parts = ["v-pred" if self.prediction == "v" else "eps"]
+    #: What Auto would sample the checkpoint as ("v" or "eps"); differs from ``prediction`` when the user overrode it.
+    checkpoint_prediction: str | None = None
+    #: Inactive, but an explicit prediction the defaults would not choose: recorded so that pasting reproduces it.
+    records_prediction: bool = False
+
+    def _what(self) -> str:
+        """The prediction and ZTSNR part, in plain words, true for the checkpoint (an override says so)."""
+        if self.prediction == "v":
+            what = "v-prediction" if self.checkpoint_prediction in (None, "v") else "eps checkpoint sampled as v"
+        else:
+            what = "eps" if self.checkpoint_prediction in (None, "eps") else "v-pred checkpoint sampled as eps"
         if self.ztsnr:
-            parts[0] += " + ZTSNR" + (" (built-in setting)" if self.ztsnr_by_builtin else "")
-        head = parts[0] + (f" ({why})" if why else "")
-        tail = ["trailing, first step at t=999" if self.trailing else "schedule type as selected"]
-        tail.append(f"phi {self.cfg_rescale:g}" if self.cfg_rescale > 0 else "no CFG rescale")
-        line = f"{head}, {', '.join(tail)}"
+            what += " + zero terminal SNR" + (" (WebUI setting)" if self.ztsnr_by_builtin else "")
+        return what
+
+    def status(self) -> str:
+        """One short line in plain words: what the next generation will do (reasons and warnings: :meth:`details`).
+
+        True for every tab and sampler: steps, strength and schedule types are the schedule preview's business."""
+        if not self.active:
+            return self.inactive_reason or "not applied"
+        steps = "trailing steps" if self.trailing else "steps from the Schedule type"
+        phi = f"CFG rescale {self.cfg_rescale:g}" if self.cfg_rescale > 0 else "no CFG rescale"
+        return f"{self._what()}, {steps}, {phi}"
+
+    def details(self) -> str:
+        """Why (detection reasons) and the warnings, for the status line's hover text and the console."""
+        lines = []
+        if self.reasons:
+            lines.append("Why: " + "; ".join(self.reasons))
+        lines += [f"Warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        """A few words for the panel's (closed) header, e.g. ``v-pred + ZTSNR · trailing · φ 0.7``."""
+        if not self.active:
+            if self.inactive_reason == "disabled":
+                return "off"
+            if self.records_prediction:
+                return "eps (override) · otherwise unchanged"
+            if self.inactive_reason.startswith("eps checkpoint"):
+                return "eps checkpoint, nothing to do"
+            return "not applied"
+        what = "v-pred" if self.prediction == "v" else "eps"
+        if self.checkpoint_prediction not in (None, self.prediction):
+            what += " (override)"
+        if self.ztsnr:
+            what += " + ZTSNR"
+        parts = [what, "trailing" if self.trailing else "Schedule type"]
+        parts.append(f"φ {self.cfg_rescale:g}" if self.cfg_rescale > 0 else "no CFG rescale")
         if self.warnings:
-            line += " | warning: " + " | warning: ".join(self.warnings)
-        return line
+            parts.append("⚠")
+        return " · ".join(parts)
 
     def infotext(self) -> dict[str, Any]:
         """The extension's infotext keys for this pass (effective values, ``(auto)`` when decided automatically)."""
         key = {p.name: p.infotext_key for p in PARAMS_BY_NAME.values()}
         if not self.active:
             # Nothing was applied. Only a user's "off" on a checkpoint we would act on is recorded (eps stays clean).
-            return {key["enabled"]: "disabled"} if self.disabled_but_applicable else {}
+            if self.disabled_but_applicable:
+                return {key["enabled"]: "disabled"}
+            if self.records_prediction:
+                return {key["prediction"]: "v-prediction" if self.prediction == "v" else "eps"}
+            return {}
         out: dict[str, Any] = {
             key["prediction"]: format_infotext_value(
                 "v-prediction" if self.prediction == "v" else "eps", self.prediction_auto
@@ -212,10 +264,17 @@ def decide(params: VPredParams, model: ModelFacts, sampler: SamplerFacts) -> Pla
     prediction, prediction_auto, reasons = _decide_prediction(params, model)
     ztsnr, ztsnr_auto, ztsnr_reasons, warnings = _decide_ztsnr(params, model, prediction)
     reasons += ztsnr_reasons
+    checkpoint_prediction = prediction if prediction_auto else _decide_prediction(_DEFAULT_PARAMS, model)[0]
     if prediction != "v" and not ztsnr:
-        return Plan(
-            active=False, prediction=prediction, reasons=tuple(reasons), inactive_reason="eps checkpoint: unchanged"
-        )
+        if checkpoint_prediction != "v":
+            return Plan(
+                active=False,
+                prediction=prediction,
+                reasons=tuple(reasons),
+                inactive_reason="eps checkpoint: unchanged",
+            )
+        if sampler.family != OTHER:
+            return _decide_eps_on_v(model, ztsnr_auto, reasons)
 
     if sampler.family != KDIFFUSION:
         if sampler.family == TIMESTEP:
@@ -238,12 +297,7 @@ def decide(params: VPredParams, model: ModelFacts, sampler: SamplerFacts) -> Pla
     trailing = params.spacing == "Trailing"
     if trailing and sampler.discards_penultimate_sigma:
         warnings.append(f"{sampler.name} discards the penultimate sigma, so its trailing schedule has one step fewer")
-    if (
-        ztsnr
-        and not trailing
-        and sampler.scheduler in WASTEFUL_UNDER_ZTSNR
-        and (sampler.scheduler in HARMFUL_WITH_EVERY_SAMPLER or not sampler.name.startswith(DPM_SOLVER_FAMILY_PREFIX))
-    ):
+    if ztsnr and not trailing and schedule_type_loses_detail(sampler.scheduler, sampler.name):
         warnings.append(
             f"schedule type {sampler.scheduler} puts most steps far above sigma 14.6 under ZTSNR and loses detail "
             f"with {sampler.name}: set Timestep spacing to Trailing (or Schedule type to Simple, SGM Uniform or Trailing)"
@@ -278,6 +332,36 @@ def decide(params: VPredParams, model: ModelFacts, sampler: SamplerFacts) -> Pla
         euler_first_step=euler_first,
         reasons=tuple(reasons),
         warnings=tuple(warnings),
+        checkpoint_prediction=checkpoint_prediction,
+    )
+
+
+def _decide_eps_on_v(model: ModelFacts, ztsnr_auto: bool, reasons: list[str]) -> Plan:
+    """Prediction type set to eps on a checkpoint Auto takes for v: sampled as an eps checkpoint (the WebUI's own
+    schedule, no CFG rescale), and recorded in the infotext so that pasting reproduces it instead of restoring Auto.
+    When the WebUI already samples it as eps nothing changes at all; otherwise only the denoiser becomes eps."""
+    reasons = [*reasons, "Auto would sample it as v"]
+    if model.webui_prediction != "v":
+        return Plan(
+            active=False,
+            prediction="eps",
+            prediction_auto=False,
+            reasons=tuple(reasons),
+            inactive_reason="v-pred checkpoint sampled as eps (Prediction type), otherwise unchanged",
+            checkpoint_prediction="v",
+            records_prediction=True,
+        )
+    return Plan(
+        active=True,
+        prediction="eps",
+        prediction_auto=False,
+        override_prediction="eps",
+        ztsnr=False,
+        ztsnr_auto=ztsnr_auto,
+        trailing=False,
+        cfg_rescale=0.0,
+        reasons=tuple(reasons),
+        checkpoint_prediction="v",
     )
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from lib_vpred import schedule
-from lib_vpred.plan import IGNORES_TABLE, WASTEFUL_UNDER_ZTSNR
+from lib_vpred.plan import IGNORES_TABLE, schedule_type_loses_detail
 
 #: The stock SD sigma_max (t = 999 of the scaled-linear schedule) is 14.6146: sigmas above it are noise levels a
 #: model trained without zero terminal SNR never saw, and that carry almost no image information under ZTSNR.
@@ -184,7 +184,8 @@ class Preview:
             head = f"{self.steps} step{plural}, first at t={format_t(self.start_t)} (sigma {format_sigma(self.start_sigma)})"
         else:
             head = (
-                f"strength {self.denoising_strength:g}: {self.steps} step{plural} of a {self.virtual_steps}-step "
+                f"strength {self.denoising_strength:g}: {self.steps} step{plural} of {article(self.virtual_steps)} "
+                f"{self.virtual_steps}-step "
                 f"schedule, starting at t={format_t(self.start_t)} (sigma {format_sigma(self.start_sigma)})"
             )
         above = f"{self.above_stock} step{'s' if self.above_stock != 1 else ''} above sigma {STOCK_SIGMA_LABEL}"
@@ -229,20 +230,29 @@ def format_sigma(value: float) -> str:
 
 
 def format_t(value: float) -> str:
-    """Timesteps with one decimal when fractional (998.6), as integers otherwise (999)."""
-    rounded = round(value, 1)
-    return str(int(rounded)) if rounded == int(rounded) else f"{rounded:.1f}"
+    """Timesteps as whole numbers (998), as the model is called with them (rounded; 997.7 -> 998)."""
+    return str(round(value))
+
+
+def article(number: int) -> str:
+    """``a`` or ``an`` before a number said in English ("an 8-step", "an 11-step", "an 18-step", "a 20-step")."""
+    text = str(number)
+    if text.startswith("8") or text in ("11", "18") or (len(text) == 5 and text[:2] in ("11", "18")):
+        return "an"
+    return "a"
 
 
 def schedule_warnings(
-    preview: Preview, *, ztsnr: bool, trailing: bool, scheduler_label: str | None
+    preview: Preview, *, ztsnr: bool, trailing: bool, scheduler_label: str | None, sampler_name: str | None = None
 ) -> tuple[str, ...]:
-    """Warnings about a schedule type under zero terminal SNR, each with the fix."""
+    """Warnings about a schedule type under zero terminal SNR, each with the fix. Which schedule type warns with which
+    sampler is :func:`lib_vpred.plan.schedule_type_loses_detail` (the plan's rule); ``sampler_name`` None means a
+    sampler outside the DPM++ family."""
     if not ztsnr or trailing or not scheduler_label:
         return ()
     out = []
     too_high = preview.denoising_strength is not None and preview.start_t - preview.denoising_strength * 1000 > 100
-    if scheduler_label in WASTEFUL_UNDER_ZTSNR and (preview.above_stock > 0 or too_high):
+    if schedule_type_loses_detail(scheduler_label, sampler_name) and (preview.above_stock > 0 or too_high):
         where = f"{preview.above_stock} of {preview.steps} steps above sigma {STOCK_SIGMA_LABEL}"
         text = f"{scheduler_label} spends {where} under ZTSNR"
         if too_high:
@@ -257,6 +267,31 @@ def schedule_warnings(
             "set Timestep spacing to Trailing"
         )
     return tuple(out)
+
+
+def preview_from_timesteps(
+    model_sigmas: torch.Tensor,
+    timesteps: list[int],
+    *,
+    virtual_steps: int,
+    denoising_strength: float | None = None,
+    label: str = "",
+) -> Preview:
+    """A timestep sampler's pass (DDIM, PLMS, UniPC): the model calls at ``timesteps`` (descending), each shown with
+    the sigma of that timestep in ``model_sigmas``; the pass ends at t = 0."""
+    table = model_sigmas.detach().to("cpu", torch.float64)
+    last = table.shape[0] - 1
+    ts = [min(max(int(t), 0), last) for t in timesteps]
+    sigmas = [float(table[t]) for t in ts]
+    return Preview(
+        sigmas=(*sigmas, 0.0),
+        timesteps=(*[float(t) for t in ts], 0.0),
+        virtual_steps=virtual_steps,
+        denoising_strength=denoising_strength,
+        above_stock=sum(1 for s in sigmas if s > STOCK_SIGMA_MAX),
+        noisy=sum(1 for t in ts if t >= NOISY_T),
+        label=label,
+    )
 
 
 def build_preview(
@@ -275,6 +310,7 @@ def build_preview(
     fixed_steps: bool = False,
     ztsnr: bool = False,
     scheduler_label: str | None = None,
+    sampler_name: str | None = None,
     label: str = "",
 ) -> Preview:
     """The schedule one pass will run, with its summary counts and warnings.
@@ -316,5 +352,7 @@ def build_preview(
         noisy=int((ts[:-1] >= NOISY_T - 1e-6).sum()),
         label=label,
     )
-    warnings = schedule_warnings(preview, ztsnr=ztsnr, trailing=trailing, scheduler_label=scheduler_label)
+    warnings = schedule_warnings(
+        preview, ztsnr=ztsnr, trailing=trailing, scheduler_label=scheduler_label, sampler_name=sampler_name
+    )
     return dataclasses.replace(preview, warnings=warnings)

@@ -13,7 +13,6 @@ from typing import Any
 
 from fastapi.exceptions import HTTPException
 from modules import script_callbacks, scripts, sd_schedulers, shared
-from modules.ui_components import InputAccordion
 
 from lib_vpred import params as vp
 from lib_vpred.plan import SamplerFacts, decide
@@ -48,21 +47,29 @@ def _fail_generation(error: VPredArgumentError, *args: Any, **kwargs: Any) -> An
     raise error
 
 
-def _status_text(*values: Any) -> str:
-    """The panel's status line for the loaded checkpoint and the given control values."""
+def _status_text(*values: Any, sampler_name: str | None = None) -> ui.Status:
+    """The panel's status line for the loaded checkpoint, the given control values and the tab's sampler: one line in
+    plain words (what the next generation does), the reasons and warnings as its hover text."""
     if not HOST.supported:
-        return HOST.message()
+        return ui.Status(HOST.message(), summary="not supported here: changes nothing")
     try:
         current = vp.from_args(values)
     except vp.ParamError as e:
-        return f"invalid setting: {e}"
+        return ui.Status(f"invalid setting: {e}", summary="invalid setting")
     sd_model = shared.sd_model
     if sd_model is None:
-        return "no checkpoint loaded"
+        return ui.Status("no checkpoint loaded", summary="no checkpoint loaded")
     facts = hooks.model_facts(sd_model, shared.opts)
-    plan = decide(current, facts, SamplerFacts(name="k-diffusion samplers"))
-    note = " (the schedule preview below shows this tab's sampler and strength)" if plan.active else ""
-    return f"{facts.name}: {plan.status()}{note}"
+    sampler = (
+        SamplerFacts(name=sampler_name, family=ui.sampler_family_by_name(sampler_name))
+        if sampler_name
+        else SamplerFacts(name="k-diffusion samplers")
+    )
+    plan = decide(current, facts, sampler)
+    line = f"{facts.name}: {plan.status()}"
+    if plan.warnings:
+        line += f" (⚠ {len(plan.warnings)} warning{'s' if len(plan.warnings) != 1 else ''}: hover)"
+    return ui.Status(line, plan.details(), plan.summary())
 
 
 def _api_status() -> dict[str, Any]:
@@ -78,7 +85,14 @@ def _api_status() -> dict[str, Any]:
         "webui_prediction": facts.webui_prediction,
         "detection": dataclasses.asdict(detection) if detection is not None else None,
         "status": decide(vp.defaults(), facts, SamplerFacts()).status(),
+        "details": decide(vp.defaults(), facts, SamplerFacts()).details(),
     }
+
+
+def _api_loaded() -> dict[str, Any]:
+    """What the page polls (``javascript/vpred-panel.js``) to notice a checkpoint change, however it was made."""
+    info = getattr(shared.sd_model, "sd_checkpoint_info", None) if shared.sd_model is not None else None
+    return {"checkpoint": getattr(info, "title", None) if info is not None else None}
 
 
 #: ``process_before_every_sampling`` exists from WebUI 1.10.0 (commit 17e84615); on 1.9.x it is emulated.
@@ -123,7 +137,7 @@ class VPredScript(scripts.Script):
 
     def ui(self, is_img2img: bool) -> list[Any]:
         preview_fn = None if HOST.supported else (lambda *_: ui.preview_message(HOST.message()))
-        return ui.build(self, is_img2img, InputAccordion, _status_text, settings.defaults(shared.opts), preview_fn)
+        return ui.build(self, is_img2img, _status_text, settings.defaults(shared.opts), preview_fn)
 
     def after_component(self, component: Any, **kwargs: Any) -> None:
         # The schedule preview follows the tab's steps / sampler / schedule type / denoising strength components,
@@ -174,7 +188,9 @@ class VPredScript(scripts.Script):
         hooks.restore_p(p)
 
 
-script_callbacks.on_app_started(lambda _demo, app: api.register_routes(app, _api_status), name="vpred_api")
+script_callbacks.on_app_started(
+    lambda _demo, app: api.register_routes(app, _api_status, _api_loaded), name="vpred_api"
+)
 script_callbacks.on_ui_settings(lambda: settings.register(shared.opts, shared.OptionInfo), name="vpred_settings")
 if HOST.supported:
     script_callbacks.on_cfg_denoiser(

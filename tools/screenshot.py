@@ -3,9 +3,10 @@
     bash tools/dev.sh screenshot          # builds/starts the A1111 host when no VPRED_WEBUI_URL is given
     .venv/bin/python tools/screenshot.py --url http://127.0.0.1:7860 --out docs/panel.png
 
-Loads the tiny v-pred checkpoint through the API, opens the txt2img tab, presses the panel's Refresh button so the
-status line and the schedule preview are filled, and saves a PNG of the panel (and the WebUI's generation settings
-above it). The page is driven exactly as in the browser test tier.
+Loads the tiny v-pred checkpoint through the API, opens the txt2img tab, waits until the page has filled in the
+panel's header, and saves a PNG of the txt2img settings column with the panel closed (its default state), then opens
+the panel and saves ``<out>-open.png`` (status line, controls, schedule preview). The page is driven exactly as in the
+browser test tier.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def post(url: str, path: str, body: dict) -> None:
 
 
 def shoot(url: str, out: Path, checkpoint: str, chromium: str) -> None:
+    """``out``: the txt2img settings column with the panel closed (the default); ``<out>-open.png``: the panel open."""
+    opened = out.with_name(f"{out.stem}-open{out.suffix}")
     from playwright.sync_api import sync_playwright
 
     post(url, "/sdapi/v1/options", {"sd_model_checkpoint": checkpoint})
@@ -46,17 +49,27 @@ def shoot(url: str, out: Path, checkpoint: str, chromium: str) -> None:
         page = browser.new_page(viewport={"width": 1280, "height": 1000}, device_scale_factor=1)
         page.goto(url + "/", wait_until="domcontentloaded")
         page.wait_for_selector("#script_img2img_vpred_refresh[title]", state="attached", timeout=180_000)
-        page.locator("#script_txt2img_vpred_refresh").click()
+        # The default state: the panel closed, its header filled in on page load (no Refresh needed).
+        page.wait_for_function(
+            "() => /v-pred/.test((document.querySelector('#script_txt2img_vpred_panel .label-wrap') || {}).innerText"
+            " || '')",
+            timeout=60_000,
+        )
+        settings = page.locator("#txt2img_settings")
+        settings.scroll_into_view_if_needed()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        settings.screenshot(path=str(out))
+        # The panel opened: status line, controls and schedule preview.
+        page.locator("#script_txt2img_vpred_panel .label-wrap").first.click()
         page.wait_for_function(
             "() => /steps/.test((document.querySelector('#script_txt2img_vpred_preview') || {}).innerText || '')",
             timeout=60_000,
         )
-        panel = page.locator("#script_txt2img_vpred_enabled")
+        panel = page.locator("#script_txt2img_vpred_panel")
         panel.scroll_into_view_if_needed()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        panel.screenshot(path=str(out))
+        panel.screenshot(path=str(opened))
         browser.close()
-    print(f"wrote {out}")
+    print(f"wrote {out} and {opened}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,8 @@
 - ``GET /vpred/v1/schema``: every parameter (type, default, allowed values, infotext key) in positional order;
 - ``POST /vpred/v1/validate``: body ``{"args": [...]}`` or ``{"args": {...}}`` as in ``alwayson_scripts``; 200 with
   the normalised values, or 422 naming the bad field and the allowed values;
-- ``GET /vpred/v1/status``: what is detected for the loaded checkpoint and what a default generation will do.
+- ``GET /vpred/v1/status``: what is detected for the loaded checkpoint and what a default generation will do;
+- ``GET /vpred/v1/loaded``: the loaded checkpoint's title only (cheap; the panel's page polls it to notice a change).
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ def validate_body(body: Any) -> tuple[int, dict[str, Any]]:
     return 200, {"valid": True, "params": dataclasses.asdict(parsed), "args": vp.to_args(parsed)}
 
 
-def register_routes(app: Any, status_fn: Callable[[], dict[str, Any]]) -> None:
+def register_routes(
+    app: Any, status_fn: Callable[[], dict[str, Any]], loaded_fn: Callable[[], dict[str, Any]] | None = None
+) -> None:
     """Add the routes to the WebUI's FastAPI ``app`` (once per app)."""
     from fastapi import Body
     from fastapi.responses import JSONResponse
@@ -52,3 +55,5 @@ def register_routes(app: Any, status_fn: Callable[[], dict[str, Any]]) -> None:
     app.add_api_route(f"{ROUTE_PREFIX}/schema", schema, methods=["GET"])
     app.add_api_route(f"{ROUTE_PREFIX}/validate", validate, methods=["POST"])
     app.add_api_route(f"{ROUTE_PREFIX}/status", status_fn, methods=["GET"])
+    if loaded_fn is not None:
+        app.add_api_route(f"{ROUTE_PREFIX}/loaded", loaded_fn, methods=["GET"])

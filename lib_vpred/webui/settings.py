@@ -1,7 +1,8 @@
 """The Settings section "V-Prediction / ZTSNR": the panel's defaults and per-checkpoint overrides.
 
 Defaults are one option per parameter (``vpred_default_<name>``), driven by the parameter table; the panel starts
-from them and so does every API request that does not mention the script. An invalid stored value falls back to
+from them and so does every API request that does not mention the script. They are read when the UI is built, so
+they carry the WebUI's "(requires Reload UI)" marker; the two other options apply at the next generation. An invalid stored value falls back to
 the built-in default instead of breaking the UI.
 """
 
@@ -13,6 +14,8 @@ from lib_vpred import params as vp
 from lib_vpred.webui.hooks import OPT_ASSUME_SD1_ZTSNR, OPT_OVERRIDES
 
 SECTION = ("vpred", "V-Prediction / ZTSNR")
+#: Every option's label starts with this, so that searching Settings for "V-Pred" or "ZTSNR" finds all of them.
+LABEL_PREFIX = "V-Pred / ZTSNR"
 #: The Settings sidebar group (v1.10.1 ``shared_options`` registers "sd", "Stable Diffusion").
 CATEGORY = "sd"
 OVERRIDES_HELP = (
@@ -37,6 +40,12 @@ def defaults(opts: Any) -> vp.VPredParams:
     return vp.VPredParams(**values)
 
 
+def _needs_reload_ui(info: Any) -> Any:
+    """The WebUI's "(requires Reload UI)" marker (``OptionInfo.needs_reload_ui``, WebUI 1.6+), where it exists."""
+    mark = getattr(info, "needs_reload_ui", None)
+    return mark() if callable(mark) else info
+
+
 def register(opts: Any, option_info: type) -> None:
     """Add the options (``on_ui_settings``). Component classes are gradio's, imported here to keep the core pure."""
     import gradio as gr
@@ -49,19 +58,19 @@ def register(opts: Any, option_info: type) -> None:
         else:
             component, args = gr.Slider, {"minimum": param.minimum, "maximum": param.maximum, "step": param.step}
         label = (
-            f"Default: {param.label}"
+            f"{LABEL_PREFIX}: default {param.label}"
             if param.name != "enabled"
-            else "Enable the panel by default (also for API calls)"
+            else f"{LABEL_PREFIX}: enabled by default (the panel, and API calls without its args)"
         )
-        opts.add_option(
-            option_key(param),
-            option_info(param.default, label, component, args, section=SECTION, category_id=CATEGORY),
-        )
+        # The panel's controls take these values when the UI is built: the WebUI's own marker says so.
+        info = option_info(param.default, label, component, args, section=SECTION, category_id=CATEGORY)
+        opts.add_option(option_key(param), _needs_reload_ui(info))
     opts.add_option(
         OPT_ASSUME_SD1_ZTSNR,
         option_info(
             True,
-            "Auto: treat an SD1 v-prediction checkpoint without ZTSNR evidence as ZTSNR (the fluffyrock family is)",
+            f"{LABEL_PREFIX}: Auto treats an SD1 v-prediction checkpoint without ZTSNR evidence as ZTSNR "
+            "(the fluffyrock family is)",
             gr.Checkbox,
             {},
             section=SECTION,
@@ -72,7 +81,7 @@ def register(opts: Any, option_info: type) -> None:
         OPT_OVERRIDES,
         option_info(
             "",
-            f"Per-checkpoint overrides. {OVERRIDES_HELP}",
+            f"{LABEL_PREFIX}: per-checkpoint overrides. {OVERRIDES_HELP}",
             gr.Textbox,
             {"lines": 4},
             section=SECTION,

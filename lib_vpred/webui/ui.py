@@ -28,14 +28,24 @@ from lib_vpred.plan import KDIFFUSION, OTHER, TIMESTEP, SamplerFacts, decide
 
 logger = logging.getLogger("vpred")
 
-PANEL_LABEL = "V-Prediction / Zero Terminal SNR"
+PANEL_LABEL = "V-Prediction / ZTSNR"
 #: Samplers of the WebUI's timestep family (``modules.sd_samplers_timesteps``) and others we never touch.
 TIMESTEP_SAMPLERS = frozenset({"DDIM", "DDIM CFG++", "PLMS", "UniPC"})
 OTHER_SAMPLERS = frozenset({"LCM"})
 
 #: Hover hint of the Refresh button (``javascript/vpred-hints.js`` must carry the same text; tests enforce it).
-REFRESH_HINT = "Re-read the loaded checkpoint and update the status line and the schedule preview."
-PREVIEW_PLACEHOLDER = "Press Refresh (or change a setting) to see the schedule the next generation will use."
+REFRESH_HINT = (
+    "Re-read the loaded checkpoint. Not needed normally: the panel updates by itself when the page loads, "
+    "the checkpoint changes or a setting changes."
+)
+#: Hover hint of the accordion's header (``javascript/vpred-hints.js`` carries the same text).
+PANEL_HINT = (
+    "What the next generation will do with this checkpoint. Open it to see why and to change the settings; "
+    "folding it away does not turn the extension off (use Enable inside)."
+)
+#: Shown only until the page's first update (``javascript/vpred-panel.js`` clicks Refresh once the UI is loaded).
+PREVIEW_PLACEHOLDER = "Reading the loaded checkpoint…"
+STATUS_PLACEHOLDER = "Reading the loaded checkpoint…"
 
 #: The WebUI's components the preview follows, by ``elem_id`` (v1.10.1 ``processing_scripts/sampler.py`` and
 #: ``ui.py``), per tab (False: txt2img, True: img2img). Keys name the values passed to the preview.
@@ -106,28 +116,68 @@ class InfotextField(str):
         return vp.parse_infotext(infotext_params).get(self.field, self.default)
 
 
-def status_html(text: str) -> str:
-    return f"<p class='vpred-status'>{html.escape(text)}</p>"
+def status_html(text: str, hover: str = "") -> str:
+    title = f" title='{html.escape(hover, quote=True)}'" if hover else ""
+    return f"<p class='vpred-status'{title}>{html.escape(text)}</p>"
+
+
+@dataclasses.dataclass(frozen=True)
+class Status:
+    """What ``status_fn`` returns: the one status line, its hover text (reasons, warnings) and the header summary."""
+
+    line: str
+    hover: str = ""
+    summary: str = ""
+
+
+def panel_label(summary: str) -> str:
+    """The accordion's header: the panel's name and what the next generation will do."""
+    return f"{PANEL_LABEL}: {summary}" if summary else PANEL_LABEL
+
+
+def settings_summary(params: vp.VPredParams) -> str:
+    """The header before anything is known about the checkpoint (the controls only)."""
+    if not params.enabled:
+        return "off"
+    phi = f"φ {params.cfg_rescale:g}" if params.cfg_rescale > 0 else "no CFG rescale"
+    what = "Auto" if params.prediction == "Auto" else params.prediction
+    return " · ".join([what, "trailing" if params.spacing == "Trailing" else "Schedule type", phi])
 
 
 def build(
     script: Any,
     is_img2img: bool,
-    input_accordion: type,
-    status_fn: Callable[..., str],
+    status_fn: Callable[..., str | Status],
     defaults: vp.VPredParams | None = None,
     preview_fn: Callable[..., str] | None = None,
 ) -> list[Any]:
     """Create the panel; returns the input components in :data:`lib_vpred.params.PARAMS` order.
 
+    Layout: a closed accordion whose header summarises what the next generation will do; inside it an Enable checkbox
+    (the first input, API position 0), the status line, the other controls and the schedule preview. Collapsing the
+    accordion only hides it: it never turns the extension off.
+
     ``defaults`` (from Settings) are the controls' initial values; the API uses them for calls without our args.
-    ``preview_fn(control_values, webui_values, is_img2img) -> html`` renders the schedule preview (default:
-    :func:`webui_preview_html`).
+    ``status_fn(*control_values[, sampler_name=<the tab's sampler>]) -> Status | str`` is the status line; ``preview_fn(control_values, webui_values,
+    is_img2img) -> html`` renders the schedule preview (default: :func:`webui_preview_html`). Both run on page load and
+    when the loaded checkpoint changes (``javascript/vpred-panel.js`` clicks Refresh) and on every relevant change.
     """
     table = vp.PARAMS_BY_NAME
     defaults = defaults or vp.defaults()
     preview_fn = preview_fn or webui_preview_html
-    with input_accordion(defaults.enabled, label=PANEL_LABEL, elem_id=script.elem_id("enabled")) as enabled:
+    with gr.Accordion(
+        panel_label(settings_summary(defaults)), open=False, elem_id=script.elem_id("panel")
+    ) as accordion:
+        with gr.Row(elem_classes="vpred-status-row"):
+            enabled = gr.Checkbox(
+                value=defaults.enabled,
+                label=table["enabled"].label,
+                elem_id=script.elem_id("enabled"),
+                scale=0,
+                min_width=100,
+            )
+            status = gr.HTML(status_html(STATUS_PLACEHOLDER), elem_id=script.elem_id("status"))
+            refresh = gr.Button("Refresh", elem_id=script.elem_id("refresh"), size="sm", scale=0, min_width=80)
         with gr.Row():
             prediction = gr.Radio(
                 list(table["prediction"].choices),
@@ -156,12 +206,6 @@ def build(
                 label=table["cfg_rescale"].label,
                 elem_id=script.elem_id("cfg_rescale"),
             )
-        with gr.Row():
-            status = gr.HTML(
-                status_html("Press Refresh (or change a setting) to see what the next generation will do."),
-                elem_id=script.elem_id("status"),
-            )
-            refresh = gr.Button("Refresh", elem_id=script.elem_id("refresh"), size="sm")
         preview = gr.HTML(
             f"<div class='vpred-preview'><p>{html.escape(PREVIEW_PLACEHOLDER)}</p></div>",
             elem_id=script.elem_id("preview"),
@@ -177,13 +221,13 @@ def build(
         state=webui_state,
         status_fn=status_fn,
         preview_fn=preview_fn,
+        accordion=accordion,
     )
 
-    refresh.click(fn=panel.update, inputs=[*controls, webui_state], outputs=[status, preview], show_progress=False)
+    outputs = [status, preview, accordion]
+    refresh.click(fn=panel.update, inputs=[*controls, webui_state], outputs=outputs, show_progress=False)
     for control in controls:
-        control.change(
-            fn=panel.update, inputs=[*controls, webui_state], outputs=[status, preview], show_progress=False
-        )
+        control.change(fn=panel.update, inputs=[*controls, webui_state], outputs=outputs, show_progress=False)
 
     script.infotext_fields = [
         (component, InfotextField(p.infotext_key, p.name, getattr(defaults, p.name)))
@@ -193,11 +237,22 @@ def build(
     script.vpred_status = status
     script.vpred_preview = preview
     script.vpred_controls = controls
+    script.vpred_accordion = accordion
     links(script).attach(panel)
     return controls
 
 
 # --- the preview's link to the WebUI's own components -----------------------------------------------------------------
+
+
+def _takes_sampler_name(fn: Callable[..., Any]) -> bool:
+    """Whether a status function takes the tab's sampler (``sampler_name=``), so its line is true for that tab."""
+    import inspect
+
+    try:
+        return "sampler_name" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclasses.dataclass(eq=False)
@@ -211,6 +266,8 @@ class Panel:
     state: Any
     status_fn: Callable[..., str]
     preview_fn: Callable[..., str]
+    #: The accordion whose header shows the summary (None: no header to update).
+    accordion: Any = None
     #: The WebUI components linked to this panel, by key (see :data:`WEBUI_COMPONENTS`).
     webui: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -225,29 +282,43 @@ class Panel:
         values.update({k: v for k, v in (state or {}).items() if v is not None})
         return values
 
-    def render(self, control_values: Sequence[Any], state: dict[str, Any] | None) -> tuple[str, str]:
-        """(status html, preview html); never raises."""
+    def render(self, control_values: Sequence[Any], state: dict[str, Any] | None) -> tuple[str, str, Any]:
+        """(status html, preview html, accordion update); never raises."""
+        summary = ""
+        webui = self.webui_values(state)
         try:
-            status = status_html(self.status_fn(*control_values))
+            if _takes_sampler_name(self.status_fn):
+                found = self.status_fn(*control_values, sampler_name=webui.get("sampler"))
+            else:
+                found = self.status_fn(*control_values)
+            if not isinstance(found, Status):
+                found = Status(str(found))
+            status = status_html(found.line, found.hover)
+            summary = found.summary
         except Exception as e:  # the panel must keep working whatever the model or the settings are
             logger.exception("[VPred] status line failed")
             status = status_html(f"status unavailable: {e}")
+        if not summary:
+            try:
+                summary = settings_summary(vp.from_args(list(control_values)))
+            except vp.ParamError:
+                summary = "invalid setting"
         try:
-            preview = self.preview_fn(list(control_values), self.webui_values(state), self.is_img2img)
+            preview = self.preview_fn(list(control_values), webui, self.is_img2img)
         except Exception as e:
             logger.exception("[VPred] schedule preview failed")
             preview = preview_message(f"preview unavailable: {e}")
-        return status, preview
+        return status, preview, gr.update(label=panel_label(summary))
 
-    def update(self, *values: Any) -> tuple[str, str]:
+    def update(self, *values: Any) -> tuple[str, str, Any]:
         """Refresh / our own controls: ``(*control_values, state)``."""
         *control_values, state = values
         return self.render(control_values, state)
 
-    def listener(self, key: str) -> Callable[..., tuple[dict[str, Any], str, str]]:
+    def listener(self, key: str) -> Callable[..., tuple[Any, ...]]:
         """The ``.change`` function of one WebUI component: ``(value, state, *control_values)``."""
 
-        def changed(value: Any, state: dict[str, Any] | None, *control_values: Any) -> tuple[dict[str, Any], str, str]:
+        def changed(value: Any, state: dict[str, Any] | None, *control_values: Any) -> tuple[Any, ...]:
             state = {**(state or {}), key: value}
             return (state, *self.render(control_values, state))
 
@@ -261,7 +332,7 @@ class Panel:
         component.change(
             fn=self.listener(key),
             inputs=[component, self.state, *self.controls],
-            outputs=[self.state, self.status, self.preview],
+            outputs=[self.state, self.status, self.preview, self.accordion],
             show_progress=False,
         )
 
@@ -403,6 +474,37 @@ def _sampler_config(sd_samplers: Any, name: str | None) -> Any:
     return config
 
 
+def timestep_sampler_calls(
+    kind: str, steps: int, *, trailing: bool, discard: bool, denoise: float | None, fixed: bool
+) -> tuple[list[int], int]:
+    """(timesteps of the model calls, descending; virtual steps) of a timestep sampler's pass, as the WebUI's
+    ``CompVisSampler`` runs it (v1.10.1 ``sd_samplers_timesteps``), or as :mod:`lib_vpred.webui.timestep_glue` does
+    with trailing spacing. PLMS's first step calls the model a second time; UniPC spaces its own times uniformly from
+    t = 999 and uses only the list's length."""
+    from lib_vpred import timestep
+
+    virtual, t_enc = steps, None
+    if denoise is not None:
+        virtual, t_enc = pv.img2img_steps(steps, denoise, fixed=fixed)
+        if virtual < 1:
+            return [], 0
+    if trailing:
+        grid = timestep.trailing_timesteps(virtual, kind)
+        loop = grid if t_enc is None else timestep.img2img_schedule(grid, kind, t_enc)
+    else:
+        n = virtual + (1 if discard else 0)
+        grid = torch.clamp(torch.arange(0, 1000, 1000 // n) + 1, 0, 999)
+        loop = grid if t_enc is None else grid[:t_enc]
+    values = [int(t) for t in loop.tolist()]
+    if kind == timestep.UNIPC:
+        if trailing:
+            return sorted(values, reverse=True), virtual
+        start = 999 if t_enc is None else values[-1] if values else 0
+        count = len(values)
+        return [round(start * (count - i) / count) for i in range(count)], virtual
+    return sorted(values[1:], reverse=True), virtual
+
+
 def render_pass(
     spec: PassSpec,
     params: vp.VPredParams,
@@ -418,12 +520,14 @@ def render_pass(
     name = getattr(config, "name", None) or spec.sampler or "?"
     family = sampler_family_by_name(name)
     title = f"{spec.title}, {name}"
-    if family != KDIFFUSION:
-        return preview_message(f"{title}: a timestep sampler; the schedule preview covers k-diffusion samplers only")
     options = getattr(config, "options", None) or {}
     discards = bool(
         options.get("discard_next_to_last_sigma", False) or getattr(opts, "always_discard_next_to_last_sigma", False)
     )
+    if family == TIMESTEP:
+        return render_timestep_pass(spec, name, title, params, facts, sd_model, discards, ztsnr_table)
+    if family != KDIFFUSION:
+        return preview_message(f"{title}: runs unchanged (VPred applies to k-diffusion and timestep samplers)")
     label = spec.scheduler or "Automatic"
     scheduler_name = options.get("scheduler") if label == "Automatic" else label
     scheduler = sd_schedulers.schedulers_map.get(scheduler_name) if scheduler_name else None
@@ -457,7 +561,12 @@ def render_pass(
         rho = getattr(opts, "rho", 0)
         if scheduler.default_rho != -1 and rho and rho != scheduler.default_rho:
             extra["rho"] = rho
-    how = "trailing (VPred)" if trailing else (f"schedule type {shown}" if shown else "sampler default (uniform)")
+    if trailing:
+        how = "trailing (VPred)"
+        if label not in ("Automatic", "Trailing"):
+            how += f", replacing the selected Schedule type {label} (set Timestep spacing to Schedule type to use it)"
+    else:
+        how = f"schedule type {shown}" if shown else "sampler default (uniform)"
     table_kind = "ZTSNR" if (plan.active and plan.ztsnr) or facts.table_is_ztsnr else "stock"
     result = pv.build_preview(
         table,
@@ -474,11 +583,59 @@ def render_pass(
         fixed_steps=spec.fixed_steps,
         ztsnr=plan.active and plan.ztsnr,
         scheduler_label=shown,
+        sampler_name=name,
     )
+    return _pass_html(title, how, table_kind, plan, result)
+
+
+def _pass_html(title: str, how: str, table_kind: str, plan: Any, result: pv.Preview) -> str:
+    """One pass: its head line, the table and the warnings (the schedule's own, then the plan's other ones, each
+    said once; the plan's schedule-type warning is the same rule as the schedule's and is left out when it warned)."""
     head = f"{title}, {how}, {table_kind} sigmas"
     if not plan.active:
         head += f" (VPred: {plan.inactive_reason or 'not applied'})"
+    extra = [w for w in plan.warnings if not (result.warnings and w.startswith("schedule type "))]
+    result = dataclasses.replace(result, warnings=(*result.warnings, *extra))
     return f"<div class='vpred-preview-head'>{html.escape(head)}</div>{result.html()}"
+
+
+def render_timestep_pass(
+    spec: PassSpec,
+    name: str,
+    title: str,
+    params: vp.VPredParams,
+    facts: Any,
+    sd_model: Any,
+    discards: bool,
+    ztsnr_table: Callable[[Any], torch.Tensor],
+) -> str:
+    """The preview of a DDIM / PLMS / UniPC pass: the timesteps of its model calls."""
+    from lib_vpred import timestep
+
+    kind = timestep.kind_of(name)
+    plan = decide(params, facts, SamplerFacts(name=name, family=TIMESTEP, discards_penultimate_sigma=discards))
+    alphas = getattr(sd_model, "alphas_cumprod", None)
+    if kind is None or alphas is None:
+        return preview_message(f"{title}: no schedule to preview")
+    if plan.active and plan.install_ztsnr_table:
+        table = ztsnr_table(sd_model)
+    else:
+        table = schedule.sigmas_from_alphas_cumprod(alphas.detach().to("cpu", torch.float32)).float()
+    trailing = plan.active and plan.trailing
+    calls, virtual = timestep_sampler_calls(
+        kind,
+        spec.steps,
+        trailing=trailing,
+        discard=discards and not trailing,
+        denoise=spec.denoise,
+        fixed=spec.fixed_steps,
+    )
+    result = pv.preview_from_timesteps(table, calls, virtual_steps=virtual, denoising_strength=spec.denoise)
+    how = "trailing (VPred)" if trailing else f"{name}'s own spacing"
+    if kind == timestep.PLMS and calls:
+        how += f", {len(calls) + 1} model calls (its first step calls the model twice)"
+    table_kind = "ZTSNR" if (plan.active and plan.ztsnr) or facts.table_is_ztsnr else "stock"
+    return _pass_html(title, how, table_kind, plan, result)
 
 
 def webui_preview_html(control_values: Sequence[Any], webui: dict[str, Any], is_img2img: bool) -> str:

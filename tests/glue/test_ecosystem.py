@@ -59,6 +59,18 @@ def test_xyz_rejects_bad_values_before_any_image(make_webui):
     assert vm.calls == []
 
 
+def test_settings_labels_are_found_by_search_and_marked_for_reload(make_webui):
+    """Searching Settings (the label text) for "ztsnr" or "v-pred" finds every option; the defaults, read when the UI
+    is built, carry the WebUI's "(requires Reload UI)" marker; the options read at generation time do not."""
+    w = make_webui(True)
+    ours = {k: v for k, v in w.shared.opts.data_labels.items() if k.startswith("vpred_")}
+    assert len(ours) == 7
+    for key, info in ours.items():
+        assert "ztsnr" in info.label.lower(), key
+        assert "v-pred" in info.label.lower(), key
+        assert ("(requires Reload UI)" in info.comment_after) == key.startswith("vpred_default_"), key
+
+
 def test_settings_defaults_drive_the_panel_and_api_defaults(make_webui, monkeypatch):
     w = make_webui(True)
     assert w.default_args() == [True, "Auto", "Auto", "Trailing", 0.7]
@@ -85,7 +97,7 @@ def test_per_checkpoint_override_beats_detection_when_auto(make_webui):
     assert eps_named_v.parameterization == "eps"
     # the control wins over the override
     _p, out = w.run("txt2img", prompt="a cat", steps=4, script_args=[True, "eps"])
-    assert "VPred prediction" not in out.extra_generation_params
+    assert out.extra_generation_params == {"VPred prediction": "eps"}  # recorded: pasting reproduces it
 
 
 def test_sd1_assumption_can_be_switched_off(make_webui):

@@ -91,7 +91,13 @@ def test_panel_builds_in_both_tabs_with_namespaced_ids(make_webui):
     for is_img2img, tab in ((False, "txt2img"), (True, "img2img")):
         script = _script(w, is_img2img)
         ids = [c.elem_id for c in script.vpred_controls]
-        assert ids[1:] == [f"script_{tab}_vpred_{n}" for n in ("prediction", "ztsnr", "spacing", "cfg_rescale")]
+        assert ids == [f"script_{tab}_vpred_{n}" for n in ("enabled", "prediction", "ztsnr", "spacing", "cfg_rescale")]
+        # a closed accordion whose open state is not an input: collapsing it never turns the extension off
+        assert isinstance(script.vpred_accordion, gr.Accordion)
+        assert script.vpred_accordion.open is False
+        assert script.vpred_accordion.elem_id == f"script_{tab}_vpred_panel"
+        assert isinstance(script.vpred_controls[0], gr.Checkbox)
+        assert script.vpred_controls[0].label == "Enable"
         assert script.vpred_preview.elem_id == f"script_{tab}_vpred_preview"
         assert script.vpred_status.elem_id == f"script_{tab}_vpred_status"
         assert script.args_to - script.args_from == 5
@@ -122,23 +128,24 @@ def test_preview_follows_steps_and_scheduler(make_webui, order):
     controls = _controls(script)  # defaults: enabled, Auto, Auto, Trailing, 0.7
 
     on_steps = _listener(blocks, created["txt2img_steps"])
-    state, status, preview = on_steps(20, {}, *controls)
+    state, status, preview, header = on_steps(20, {}, *controls)
     assert state == {"steps": 20}
-    assert "v-pred + ZTSNR" in status
+    assert "v-prediction + zero terminal SNR, trailing steps, CFG rescale 0.7" in status
+    assert header["label"] == "V-Prediction / ZTSNR: v-pred + ZTSNR · trailing · φ 0.7"
     ztsnr = _ztsnr_sigmas()
     # trailing (VPred's default spacing): t = 999, 949, ... for 20 steps
     assert _first_row(preview, "t")[:3] == ["999", "949", "899"]
     assert _first_row(preview, "sigma")[:2] == [f"{float(ztsnr[999]):.1f}", f"{float(ztsnr[949]):.3g}"]
     assert "20 steps, first at t=999 (sigma 4518.8)" in preview
 
-    state, _status, preview = on_steps(10, state, *controls)
+    state, _status, preview, _header = on_steps(10, state, *controls)
     assert "10 steps" in preview
     assert _first_row(preview, "t")[:3] == ["999", "899", "799"]
 
     # Schedule type Karras with spacing "Schedule type": the WebUI's Karras on the ZTSNR table, and a warning
     on_scheduler = _listener(blocks, created["txt2img_scheduler"])
     controls[3] = "Schedule type"
-    state, _status, preview = on_scheduler("Karras", state, *controls)
+    state, _status, preview, _header = on_scheduler("Karras", state, *controls)
     assert state == {"steps": 10, "scheduler": "Karras"}
     expected = k_diffusion.sampling.get_sigmas_karras(10, float(ztsnr[0]), float(ztsnr[-1]), rho=7.0)
     shown = _first_row(preview, "sigma")
@@ -149,16 +156,17 @@ def test_preview_follows_steps_and_scheduler(make_webui, order):
     assert "Trailing" in preview
 
     # Refresh (and our own controls) read the session state
-    refresh_status, refresh_preview = script._vpred_links.panel.update(*controls, state)
+    refresh_status, refresh_preview, header = script._vpred_links.panel.update(*controls, state)
     assert refresh_preview == preview
-    assert refresh_status == status.replace("trailing, first step at t=999", "schedule type as selected")
+    assert refresh_status == status.replace("trailing steps", "steps from the Schedule type")
+    assert header["label"] == "V-Prediction / ZTSNR: v-pred + ZTSNR · Schedule type · φ 0.7"
 
 
 def test_img2img_preview_starts_where_the_webui_slices(make_webui):
     w = new_webui(make_webui, models=(V_SD1,))
     blocks, script, _runner, created = _tab(w, True, after=[I2I_DENOISE])
     on_denoise = _listener(blocks, created["img2img_denoising_strength"])
-    _state, _status, preview = on_denoise(0.5, {}, *_controls(script))
+    _state, _status, preview, _header = on_denoise(0.5, {}, *_controls(script))
     # setup_img2img_steps: t_enc = int(0.5 * 20) = 10; sigma_sched = sigmas[20 - 10 - 1:], trailing t = 999 - 50 * 9
     steps, t_enc = 20, int(0.5 * 20)
     start = steps - t_enc - 1
@@ -173,7 +181,9 @@ def test_hires_pass_preview(make_webui):
     hr = (gr.Checkbox, "txt2img_hr-checkbox", {"value": True})
     hr_denoise = (gr.Slider, "txt2img_denoising_strength", {"minimum": 0, "maximum": 1, "value": 0.7})
     blocks, script, _runner, created = _tab(w, False, before=[STEPS, hr], after=[hr_denoise])
-    _state, _status, preview = _listener(blocks, created["txt2img_denoising_strength"])(0.7, {}, *_controls(script))
+    _state, _status, preview, _header = _listener(blocks, created["txt2img_denoising_strength"])(
+        0.7, {}, *_controls(script)
+    )
     # hires: steps given -> virtual int(20 / 0.7) = 28, t_enc = 19, start 28 - 19 - 1 = 8; trailing t(8) of 28
     virtual = int(20 / 0.7)
     t_start = round(1000 - 8 * 1000 / virtual) - 1
@@ -184,7 +194,8 @@ def test_hires_pass_preview(make_webui):
 def test_status_and_preview_for_eps_model(make_webui):
     w = new_webui(make_webui, models=(EPS_SD1,))
     blocks, script, _runner, created = _tab(w, False, before=[STEPS])
-    _state, status, preview = _listener(blocks, created["txt2img_steps"])(20, {}, *_controls(script))
+    _state, status, preview, header = _listener(blocks, created["txt2img_steps"])(20, {}, *_controls(script))
+    assert header["label"] == "V-Prediction / ZTSNR: eps checkpoint, nothing to do"
     assert "eps checkpoint: unchanged" in status
     assert "stock sigmas" in preview
     assert "VPred: eps checkpoint: unchanged" in preview
@@ -198,12 +209,12 @@ def test_degrades_without_webui_components_and_model(make_webui):
     script = _script(w, False)
     panel = script._vpred_links.panel
     assert panel.webui == {}
-    status, preview = panel.update(*_controls(script), {})
+    status, preview, _header = panel.update(*_controls(script), {})
     assert "no checkpoint loaded" in status
     assert "no checkpoint loaded" in preview
     # a broken preview function is reported in the panel, never raised
     panel.preview_fn = lambda *a: 1 / 0
-    _status, preview = panel.update(*_controls(script), {})
+    _status, preview, _header = panel.update(*_controls(script), {})
     assert "preview unavailable" in preview
 
 
@@ -215,3 +226,49 @@ def test_after_component_ignores_unrelated_and_never_raises(make_webui):
         other = gr.Slider(elem_id="img2img_steps")  # the other tab's id
         script.after_component(other)
     assert script._vpred_links.components == {}
+
+
+def _webui_ddim_calls(steps: int) -> list[int]:
+    """v1.10.1 ``CompVisSampler.get_timesteps`` and the ``ddim`` loop (``len - 1`` calls from the top), recomputed."""
+    ts = [min(max(t + 1, 0), 999) for t in range(0, 1000, 1000 // steps)]
+    return [ts[i] for i in range(len(ts) - 1, 0, -1)]
+
+
+@pytest.mark.parametrize(("spacing", "expected"), [("Trailing", None), ("Schedule type", "webui")])
+def test_timestep_sampler_preview_shows_its_timesteps(make_webui, spacing, expected):
+    """DDIM gets its real timesteps: trailing 999, 899, ... (10 calls) or the WebUI's own 901, 801, ... (9 calls)."""
+    w = new_webui(make_webui, models=(V_SD1,))
+    ddim = (gr.Radio, "txt2img_sampling", {"choices": ["Euler", "DDIM"], "value": "DDIM"})
+    blocks, script, _runner, created = _tab(w, False, before=[STEPS, ddim])
+    controls = _controls(script)
+    controls[3] = spacing
+    _state, _status, preview, _header = _listener(blocks, created["txt2img_steps"])(10, {"sampler": "DDIM"}, *controls)
+    assert "timestep sampler" not in preview
+    calls = [999 - 100 * i for i in range(10)] if expected is None else _webui_ddim_calls(10)
+    assert f"{len(calls)} steps, first at t={calls[0]}" in preview, preview
+    assert _first_row(preview, "t")[:3] == [str(t) for t in calls[:3]]
+
+
+def test_trailing_says_it_replaces_a_selected_schedule_type(make_webui):
+    w = new_webui(make_webui, models=(V_SD1,))
+    blocks, script, _runner, created = _tab(w, False, before=[STEPS, SAMPLER, SCHEDULER])
+    on_scheduler = _listener(blocks, created["txt2img_scheduler"])
+    _state, _status, preview, _header = on_scheduler("Karras", {}, *_controls(script))
+    assert "trailing (VPred), replacing the selected Schedule type Karras" in preview
+    _state, _status, preview, _header = on_scheduler("Automatic", {}, *_controls(script))
+    assert "replacing" not in preview
+
+
+def test_status_is_true_for_the_tabs_sampler(make_webui):
+    """DDIM CFG++ applies no CFG rescale: the status of a tab with it selected says so (and warns)."""
+    w = new_webui(make_webui, models=(V_SD1,))
+    sampler = (gr.Radio, "txt2img_sampling", {"choices": ["Euler", "DDIM CFG++"], "value": "Euler"})
+    blocks, script, _runner, created = _tab(w, False, before=[STEPS, sampler])
+    on_sampler = _listener(blocks, created["txt2img_sampling"])
+    _state, status, _preview, _header = on_sampler("Euler", {}, *_controls(script))
+    assert "CFG rescale 0.7" in status
+    _state, status, _preview, header = on_sampler("DDIM CFG++", {}, *_controls(script))
+    assert "no CFG rescale" in status
+    assert "1 warning" in status
+    assert "DDIM CFG++" in status  # the warning is the hover text
+    assert "no CFG rescale" in header["label"]

@@ -63,7 +63,7 @@ def test_panel_has_five_controls_with_the_positional_defaults(make_webui, is_img
     script = _script(w, is_img2img)
     assert (script.args_from, script.args_to) == (1, 6)
     controls = runner.inputs[script.args_from : script.args_to]
-    assert [type(c).__name__ for c in controls] == ["InputAccordion", "Radio", "Radio", "Radio", "Slider"]
+    assert [type(c).__name__ for c in controls] == ["Checkbox", "Radio", "Radio", "Radio", "Slider"]
     assert [c.value for c in controls] == DEFAULT_VALUES
     assert [value for _, value in controls[1].choices] == ["Auto", "v-prediction", "eps"]
     assert [value for _, value in controls[2].choices] == ["Auto", "On", "Off"]
@@ -192,28 +192,34 @@ def test_send_to_img2img_copies_every_control(make_webui, values):
 
 
 def test_status_text_says_what_was_detected(make_webui):
+    """One short line in plain words (what the next generation does); the why and the warnings are the hover text;
+    the header summary is a few words."""
     w = new_webui(make_webui, True, models=[V_SD1, EPS_SD1, V_SDXL_KEYS])
     status = w.script_module._status_text
-    text = status(*DEFAULT_VALUES)
-    assert "v-pred + ZTSNR" in text
-    assert "YAML" in text
-    assert text.startswith(V_SD1[0])
-    assert "phi 0.7" in text
-    assert "trailing" in text
-    assert "no CFG rescale" in status(True, "Auto", "Auto", "Trailing", 0.0)
-    assert "disabled" in status(False, "Auto", "Auto", "Trailing", 0.7)
-    assert status(True, "maybe", "Auto", "Trailing", 0.7).startswith("invalid setting")
+    found = status(*DEFAULT_VALUES)
+    assert found.line == f"{V_SD1[0]}: v-prediction + zero terminal SNR, trailing steps, CFG rescale 0.7"
+    assert "\n" not in found.line
+    assert "YAML" in found.hover
+    assert found.summary == "v-pred + ZTSNR · trailing · φ 0.7"
+    assert "no CFG rescale" in status(True, "Auto", "Auto", "Trailing", 0.0).line
+    assert status(False, "Auto", "Auto", "Trailing", 0.7).line.endswith("disabled")
+    assert status(False, "Auto", "Auto", "Trailing", 0.7).summary == "off"
+    assert status(True, "maybe", "Auto", "Trailing", 0.7).line.startswith("invalid setting")
+    # prediction set to eps on a v checkpoint: never called an "eps checkpoint"
+    eps_on_v = status(True, "eps", "Auto", "Trailing", 0.7)
+    assert "eps checkpoint" not in eps_on_v.line.replace("v-pred checkpoint sampled as eps", "")
+    assert "v-pred checkpoint sampled as eps" in eps_on_v.line
 
     w.shared.sd_model = w.models[EPS_SD1[0]]
-    assert status(*DEFAULT_VALUES) == f"{EPS_SD1[0]}: eps checkpoint: unchanged"
+    assert status(*DEFAULT_VALUES).line == f"{EPS_SD1[0]}: eps checkpoint: unchanged"
 
     w.shared.sd_model = w.models[V_SDXL_KEYS[0]]
-    text = status(*DEFAULT_VALUES)
-    assert "v-pred + ZTSNR" in text
-    assert "v_pred" in text
+    found = status(*DEFAULT_VALUES)
+    assert "v-prediction + zero terminal SNR" in found.line
+    assert "v_pred" in found.hover
 
     w.shared.sd_model = None
-    assert status(*DEFAULT_VALUES) == "no checkpoint loaded"
+    assert status(*DEFAULT_VALUES).line == "no checkpoint loaded"
 
 
 VALIDATE = {
@@ -297,7 +303,8 @@ def test_http_routes_on_a_real_fastapi_app(make_webui):
     assert data["checkpoint"] == V_SD1[0]
     assert data["webui_prediction"] == "v"
     assert data["detection"]["prediction"] == "v"
-    assert "v-pred + ZTSNR" in data["status"]
+    assert "v-prediction + zero terminal SNR" in data["status"]
+    assert client.get("/vpred/v1/loaded").json() == {"checkpoint": w.shared.sd_model.sd_checkpoint_info.title}
 
     w.shared.sd_model = w.models[EPS_SD1[0]]
     data = client.get("/vpred/v1/status").json()
@@ -307,3 +314,4 @@ def test_http_routes_on_a_real_fastapi_app(make_webui):
 
     w.shared.sd_model = None
     assert client.get("/vpred/v1/status").json() == {"checkpoint": None, "status": "no checkpoint loaded"}
+    assert client.get("/vpred/v1/loaded").json() == {"checkpoint": None}

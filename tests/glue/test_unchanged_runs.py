@@ -135,7 +135,14 @@ def test_eps_sdxl_with_only_a_ztsnr_key_is_bit_identical(make_webui):
 
 def test_sdxl_v_keys_with_prediction_forced_to_eps_is_bit_identical(make_webui):
     with_ext, without = pair(make_webui, models=[V_SDXL_KEYS])
-    assert_same_run(with_ext, without, script_args=[True, "eps", "Auto", "Trailing", 0.7], prompt="a cat", steps=4)
+    assert_same_run(
+        with_ext,
+        without,
+        script_args=[True, "eps", "Auto", "Trailing", 0.7],
+        expect_keys={"VPred prediction": "eps"},  # pasting must not restore Auto (which samples it as v)
+        prompt="a cat",
+        steps=4,
+    )
     assert with_ext.shared.sd_model.parameterization == "eps"
 
 

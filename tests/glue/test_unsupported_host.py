@@ -42,7 +42,7 @@ def test_unsupported_host_is_said_and_nothing_is_registered(make_webui, forge_la
     module = with_ext.script_module
     assert not module.HOST.supported
     assert module.HOST.name == "Forge"
-    status = module._status_text(True, "Auto", "Auto", "Trailing", 0.7)
+    status = module._status_text(True, "Auto", "Auto", "Trailing", 0.7).line
     assert "Forge is not supported" in status
     assert "changes nothing" in status
     with with_ext.active():

@@ -38,24 +38,11 @@ class FakeScript:
         return f"script_{self.tab}_vpred_{item}"
 
 
-class FakeAccordion(gr.Checkbox):
-    """Stand-in for the WebUI's InputAccordion (a checkbox used as a context manager)."""
-
-    def __init__(self, value, **kwargs):
-        super().__init__(value, **kwargs)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
-
-
 def panel_controls(tab: str) -> list[str]:
     """elem_id suffixes of every control (inputs and buttons) the panel creates."""
     script = FakeScript(tab)
     with gr.Blocks() as blocks:
-        ui.build(script, tab == "img2img", FakeAccordion, lambda *a: "", preview_fn=lambda *a: "")
+        ui.build(script, tab == "img2img", lambda *a: "", preview_fn=lambda *a: "")
     prefix = f"script_{tab}_vpred_"
     out = []
     for block in blocks.blocks.values():
@@ -72,6 +59,7 @@ def test_hint_texts_equal_params_help():
         assert param.name in hints, f"no hint for {param.name}"
         assert hints[param.name] == param.help, f"hint for {param.name} differs from PARAMS help"
     assert hints["refresh"] == ui.REFRESH_HINT
+    assert hints["panel"] == ui.PANEL_HINT
 
 
 @pytest.mark.parametrize("tab", TABS)
@@ -104,7 +92,7 @@ function makeElem(id) {
 const elems = {};
 for (const id of ids) {
     const el = makeElem(id);
-    if (id.endsWith("_enabled")) el.children[".label-wrap"] = makeElem(id + " .label-wrap");
+    if (id.endsWith("_panel")) el.children[".label-wrap"] = makeElem(id + " .label-wrap");
     elems["#" + id] = el;
 }
 const document = {querySelector: (sel) => elems[sel] || null};
@@ -159,7 +147,7 @@ def test_js_sets_titles_in_both_tabs_and_creates_no_globals(tmp_path):
     for tab in TABS:
         for item in panel_controls(tab):
             elem_id = f"script_{tab}_vpred_{item}"
-            if item == "enabled":
+            if item == "panel":
                 assert titles[elem_id + " .label-wrap"] == hints[item]
                 assert titles[elem_id] == "", "the accordion's hint belongs on its header only"
             else:

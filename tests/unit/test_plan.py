@@ -49,10 +49,10 @@ def test_sd1_vpred_defaults_apply_everything():
         "VPred spacing": "trailing",
         "VPred CFG rescale": 0.7,
     }
-    status = plan.status()
-    assert status.startswith("v-pred + ZTSNR (YAML beside the checkpoint; SD1 v-pred assumed ZTSNR)")
-    assert "first step at t=999" in status
-    assert "phi 0.7" in status
+    # one short line in plain words, true for every tab (no "first step at t=999": img2img starts lower)
+    assert plan.status() == "v-prediction + zero terminal SNR, trailing steps, CFG rescale 0.7"
+    assert plan.details() == "Why: YAML beside the checkpoint; SD1 v-pred assumed ZTSNR"
+    assert plan.summary() == "v-pred + ZTSNR · trailing · φ 0.7"
 
 
 @pytest.mark.parametrize(
@@ -91,9 +91,28 @@ def test_sdxl_v_pred_key_without_yaml_is_sampled_as_v_with_ztsnr_from_key():
     assert "checkpoint says ZTSNR" in plan.reasons
 
 
-def test_forced_eps_on_keyed_checkpoint_is_inactive():
+def test_forced_eps_on_keyed_checkpoint_is_inactive_but_recorded():
+    """The WebUI already samples it as eps: nothing changes, but the infotext records the override (pasting without
+    it would restore Auto, which samples it as v), and the status does not call the checkpoint eps."""
     plan = decide(DEFAULTS.replace(prediction="eps"), SDXL_KEYS, EULER)
     assert not plan.active
+    assert plan.infotext() == {"VPred prediction": "eps"}
+    assert not plan.status().startswith("eps checkpoint")
+    assert "v-pred checkpoint sampled as eps" in plan.status()
+    pasted = DEFAULTS.replace(**vp.parse_infotext(plan.infotext()))
+    assert decide(pasted, SDXL_KEYS, EULER) == plan
+
+
+def test_forced_eps_on_yaml_v_checkpoint_overrides_to_eps_and_is_recorded():
+    """The WebUI samples it as v (YAML): eps is applied (the denoiser only) and every key is recorded."""
+    plan = decide(DEFAULTS.replace(prediction="eps"), SD1_V, EULER)
+    assert plan.active
+    assert plan.override_prediction == "eps"
+    assert (plan.ztsnr, plan.trailing, plan.cfg_rescale) == (False, False, 0.0)
+    assert plan.infotext()["VPred prediction"] == "eps"
+    assert plan.status().startswith("v-pred checkpoint sampled as eps")
+    pasted = DEFAULTS.replace(**vp.parse_infotext({k: str(v) for k, v in plan.infotext().items()}))
+    assert decide(pasted, SD1_V, EULER) == plan
 
 
 def test_forced_v_on_eps_checkpoint_overrides_the_wrapper():
@@ -136,7 +155,7 @@ def test_builtin_ztsnr_option_is_not_applied_twice():
     assert plan.ztsnr
     assert not plan.install_ztsnr_table
     assert plan.infotext()["VPred ZTSNR"] == "built-in"
-    assert "(built-in setting)" in plan.status()
+    assert "(WebUI setting)" in plan.status()
 
 
 def test_builtin_option_with_ztsnr_off_warns_that_it_still_applies():
@@ -198,7 +217,7 @@ def test_spacing_schedule_type_and_phi_zero_are_recorded_explicitly():
     assert not plan.trailing
     assert plan.infotext()["VPred spacing"] == "schedule type"
     assert plan.infotext()["VPred CFG rescale"] == 0.0
-    assert "schedule type as selected" in plan.status()
+    assert "steps from the Schedule type" in plan.status()
     assert "no CFG rescale" in plan.status()
 
 
@@ -220,7 +239,7 @@ def test_heun_under_ztsnr_takes_an_euler_first_step():
     plan = decide(DEFAULTS, SD1_V, SamplerFacts("Heun", KDIFFUSION))
     assert plan.active
     assert plan.euler_first_step
-    assert "Heun: first step as Euler" in plan.status()
+    assert "Heun: first step as Euler" in plan.details()
     assert not decide(DEFAULTS, SD1_V, EULER).euler_first_step
     assert not decide(DEFAULTS.replace(ztsnr="Off"), SD1_V, SamplerFacts("Heun", KDIFFUSION)).euler_first_step
 

@@ -127,7 +127,7 @@ def test_karras_20_steps_matches_peers_table():
     expo = pv.build_preview(table, 20, trailing=False, schedule_fn=k_diffusion.sampling.get_sigmas_exponential)
     assert (karras.above_stock, expo.above_stock) == (13, 10)
     assert [pv.format_sigma(s) for s in karras.sigmas[:3]] == ["4518.8", "3319.9", "2404.8"]
-    assert [pv.format_t(t) for t in karras.timesteps[:3]] == ["999", "998.6", "998.1"]
+    assert [pv.format_t(t) for t in karras.timesteps[:3]] == ["999", "999", "998"]
 
 
 @pytest.mark.parametrize("name", TABLES)
@@ -242,7 +242,25 @@ def test_formatting():
         "0.0292",
         "0",
     ]
-    assert [pv.format_t(v) for v in (999.0, 998.64, 0.0, 548.999)] == ["999", "998.6", "0", "549"]
+    # whole-number timesteps only (the preview once showed "997.7" next to integers)
+    assert [pv.format_t(v) for v in (999.0, 998.64, 997.7, 0.0, 548.999, 0.4)] == [
+        "999",
+        "999",
+        "998",
+        "0",
+        "549",
+        "0",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("n", "word"),
+    [(8, "an"), (11, "an"), (18, "an"), (80, "an"), (800, "an"), (1, "a"), (20, "a"), (110, "a"), (111, "a")],
+)
+def test_article_before_a_step_count(n, word):
+    assert pv.article(n) == word
+    preview = pv.build_preview(TABLES["ztsnr"], 4, trailing=True, denoising_strength=0.5, fixed_steps=True)
+    assert f" of {pv.article(preview.virtual_steps)} {preview.virtual_steps}-step " in preview.summary()
 
 
 def test_module_is_pure():
@@ -260,3 +278,48 @@ def test_module_is_pure():
             if node.module and node.module.startswith("lib_vpred"):
                 assert node.module in ("lib_vpred", "lib_vpred.plan", "lib_vpred.schedule", "lib_vpred.params")
     assert imported <= {"__future__", "dataclasses", "html", "math", "collections", "typing", "torch", "lib_vpred"}
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "sampler", "warns"),
+    [
+        ("Karras", "Euler", True),
+        ("Karras", None, True),
+        ("Karras", "DPM++ 2M", False),  # README: fine with DPM++ samplers (bench_fidelity)
+        ("Exponential", "DPM++ SDE", False),
+        ("Beta", "DPM++ 2M", True),  # bad with every sampler
+        ("KL Optimal", "DPM++ 2M SDE", True),
+        ("Simple", "Euler", False),
+    ],
+)
+def test_schedule_warnings_follow_the_plan_rule(scheduler, sampler, warns):
+    """One rule for the preview and the plan (``plan.schedule_type_loses_detail``), as the README states it."""
+    from lib_vpred.params import VPredParams
+    from lib_vpred.plan import KDIFFUSION, ModelFacts, SamplerFacts, decide, schedule_type_loses_detail
+
+    p = pv.build_preview(
+        TABLES["ztsnr"],
+        20,
+        trailing=False,
+        schedule_fn=k_diffusion.sampling.get_sigmas_karras,
+        ztsnr=True,
+        scheduler_label=scheduler,
+        sampler_name=sampler,
+    )
+    assert bool(p.warnings) == warns
+    assert schedule_type_loses_detail(scheduler, sampler) == warns
+    plan = decide(
+        VPredParams(spacing="Schedule type"),
+        ModelFacts(webui_prediction="v", family="SD1"),
+        SamplerFacts(name=sampler or "Euler", family=KDIFFUSION, scheduler=scheduler),
+    )
+    assert any(w.startswith("schedule type ") for w in plan.warnings) == warns
+
+
+def test_preview_from_timesteps():
+    table = TABLES["ztsnr"]
+    p = pv.preview_from_timesteps(table, [999, 899, 99], virtual_steps=3)
+    assert p.steps == 3
+    assert p.timesteps == (999.0, 899.0, 99.0, 0.0)
+    assert p.sigmas[0] == pytest.approx(float(table[999]))
+    assert p.summary().startswith("3 steps, first at t=999 (sigma 4518.8)")

@@ -51,7 +51,12 @@ class OptionInfo:
         self.component = component
         self.component_args = component_args
         self.section = section
+        self.comment_after = comment_after
         self.do_not_save = False
+
+    def needs_reload_ui(self):
+        self.comment_after += " <span class='info'>(requires Reload UI)</span>"
+        return self
 
 
 class Options:
