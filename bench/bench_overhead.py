@@ -270,7 +270,7 @@ class Glue:
         spec = importlib.util.spec_from_file_location("vpred.py", REPO / "scripts" / "vpred.py")
         self.script_module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(self.script_module)  # registers on_cfg_denoiser -> hooks.on_cfg_denoiser
-        self.hooks = self.script_module.hooks
+        self.hooks = self.script_module.GLUE  # the A1111 adapter (lib_vpred.webui.hooks) under the stand-in
         self.script = self.script_module.VPredScript()
         self.checkpoint = write_checkpoint(tmp, "bench-vpred", family="SD1", yaml_v=True)
         self.model = FakeSDModel(self.checkpoint, parameterization="v")
@@ -418,6 +418,7 @@ def make_step_case(glue: Glue, config: Config, dtype: torch.dtype, device: torch
 def make_pass_benches(glue: Glue, device: torch.device) -> dict[str, Callable[[], object]]:
     from lib_vpred import params as vp
     from lib_vpred.plan import decide
+    from lib_vpred.webui import common
 
     hooks, shared, model = glue.hooks, glue.shared, glue.model
     p = glue.new_p()
@@ -432,7 +433,7 @@ def make_pass_benches(glue: Glue, device: torch.device) -> dict[str, Callable[[]
     fresh: list[Any] = []
 
     def uncached() -> None:
-        hooks._detect_cached.cache_clear()
+        common._detect_cached.cache_clear()
         hooks.detect_file(path)
 
     def script_pass() -> None:

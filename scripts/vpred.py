@@ -1,13 +1,15 @@
-"""sd-webui-vpred: v-prediction + zero terminal SNR + trailing spacing + CFG rescale for the A1111 WebUI.
+"""sd-webui-vpred: v-prediction + zero terminal SNR + trailing spacing + CFG rescale for the A1111 WebUI and Forge.
 
 Thin entry point: the UI is built from ``lib_vpred.params``, decisions come from ``lib_vpred.plan.decide`` and are
-applied per sampling pass by ``lib_vpred.webui.hooks`` to objects that die with the pass.
+applied per sampling pass by the host adapter (``lib_vpred.webui.hooks`` on A1111, ``lib_vpred.webui.forge`` on Forge)
+to objects that die with the pass.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import logging
 from typing import Any
 
@@ -16,7 +18,7 @@ from modules import script_callbacks, scripts, sd_schedulers, shared
 
 from lib_vpred import params as vp
 from lib_vpred.plan import SamplerFacts, decide
-from lib_vpred.webui import api, hooks, host_check, schedulers, settings, ui, xyz
+from lib_vpred.webui import api, host_check, schedulers, settings, ui, xyz
 
 logger = logging.getLogger("vpred")
 LOG_PREFIX = "[VPred]"
@@ -26,6 +28,9 @@ _warned: set[tuple[str, str]] = set()
 HOST = host_check.detect_host()
 if not HOST.supported:
     print(f"{LOG_PREFIX} {HOST.message()}")
+#: The host adapter, the one seam between the shared code and a host's back end (``lib_vpred.webui.hooks`` for
+#: A1111, ``lib_vpred.webui.forge`` for Forge): model_facts, sampler_facts, apply_plan, restore_p, the sigma tables.
+GLUE = importlib.import_module(f"lib_vpred.webui.{HOST.adapter}") if HOST.supported else None
 
 
 class VPredArgumentError(vp.ParamError, HTTPException):
@@ -59,7 +64,7 @@ def _status_text(*values: Any, sampler_name: str | None = None) -> ui.Status:
     sd_model = shared.sd_model
     if sd_model is None:
         return ui.Status("no checkpoint loaded", summary="no checkpoint loaded")
-    facts = hooks.model_facts(sd_model, shared.opts)
+    facts = GLUE.model_facts(sd_model, shared.opts)
     sampler = (
         SamplerFacts(name=sampler_name, family=ui.sampler_family_by_name(sampler_name))
         if sampler_name
@@ -78,7 +83,7 @@ def _api_status() -> dict[str, Any]:
     sd_model = shared.sd_model
     if sd_model is None:
         return {"checkpoint": None, "status": "no checkpoint loaded"}
-    facts = hooks.model_facts(sd_model, shared.opts)
+    facts = GLUE.model_facts(sd_model, shared.opts)
     detection = facts.detection
     return {
         "checkpoint": facts.name,
@@ -136,7 +141,10 @@ class VPredScript(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img: bool) -> list[Any]:
-        preview_fn = None if HOST.supported else (lambda *_: ui.preview_message(HOST.message()))
+        if HOST.supported:
+            preview_fn = functools.partial(ui.webui_preview_html, glue=GLUE)
+        else:
+            preview_fn = lambda *_: ui.preview_message(HOST.message())  # noqa: E731
         return ui.build(self, is_img2img, _status_text, settings.defaults(shared.opts), preview_fn)
 
     def after_component(self, component: Any, **kwargs: Any) -> None:
@@ -174,10 +182,10 @@ class VPredScript(scripts.Script):
         sd_model = shared.sd_model
         plan = decide(
             current,
-            hooks.model_facts(sd_model, shared.opts, p.sampler),
-            hooks.sampler_facts(p.sampler, shared.opts, p),
+            GLUE.model_facts(sd_model, shared.opts, p.sampler),
+            GLUE.sampler_facts(p.sampler, shared.opts, p),
         )
-        hooks.apply_plan(p, plan, current, sd_model, shared.opts)
+        GLUE.apply_plan(p, plan, current, sd_model, shared.opts)
         name = getattr(getattr(sd_model, "sd_checkpoint_info", None), "name", "?")
         for warning in plan.warnings:
             if (name, warning) not in _warned:
@@ -185,7 +193,8 @@ class VPredScript(scripts.Script):
                 print(f"{LOG_PREFIX} {name}: {warning}")
 
     def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
-        hooks.restore_p(p)
+        if GLUE is not None:
+            GLUE.restore_p(p)
 
 
 script_callbacks.on_app_started(
@@ -193,10 +202,7 @@ script_callbacks.on_app_started(
 )
 script_callbacks.on_ui_settings(lambda: settings.register(shared.opts, shared.OptionInfo), name="vpred_settings")
 if HOST.supported:
-    script_callbacks.on_cfg_denoiser(
-        functools.partial(hooks.on_cfg_denoiser, sd_model_getter=lambda: shared.sd_model, opts=shared.opts),
-        name="vpred_capture",
-    )
+    GLUE.register_callbacks(script_callbacks, sd_model_getter=lambda: shared.sd_model, opts=shared.opts)
     script_callbacks.on_before_ui(lambda: xyz.register(scripts.scripts_data), name="vpred_xyz")
     # A "Trailing" Schedule type, usable without the panel; removed again when the scripts are unloaded (Reload UI).
     schedulers.register(sd_schedulers)

@@ -1,4 +1,4 @@
-"""A1111 WebUI glue: gather facts about the loaded model and the pass's sampler, apply a :class:`Plan` per instance.
+"""A1111 WebUI adapter: gather facts about the loaded model and the pass's sampler, apply a :class:`Plan` per instance.
 
 Every change lives on objects that die with the sampling pass (the sampler, its ``model_wrap`` and its
 ``model_wrap_cfg``) or on ``p`` (``sampler_noise_scheduler_override``, restored in ``postprocess`` and re-decided on
@@ -15,9 +15,25 @@ from typing import Any
 
 import torch
 
-from lib_vpred import detect, guidance, sampling, schedule
-from lib_vpred.params import LEGACY_CFG_RESCALE_KEYS, VPredParams, find_checkpoint_override, parse_checkpoint_overrides
-from lib_vpred.plan import KDIFFUSION, OTHER, TIMESTEP, ModelFacts, Plan, SamplerFacts, decide
+from lib_vpred import guidance, sampling, schedule
+from lib_vpred.params import VPredParams
+from lib_vpred.plan import KDIFFUSION, TIMESTEP, ModelFacts, Plan, decide
+from lib_vpred.webui import common, timestep_glue
+
+# Shared with the Forge adapter; re-exported here under their historical names.
+from lib_vpred.webui.common import (  # noqa: F401
+    OPT_ASSUME_SD1_ZTSNR,
+    OPT_OVERRIDES,
+    TrailingSchedule,
+    checkpoint_override,
+    detect_file,
+    model_family,
+    other_cfg_rescalers,
+    sampler_facts,
+    sampler_family,
+    scheduler_label,
+    ztsnr_alphas,
+)
 
 logger = logging.getLogger("vpred")
 
@@ -27,64 +43,10 @@ ATTR_PARAMS = "_vpred_params"  # on model_wrap_cfg: the VPredParams (to re-plan 
 ATTR_CFG_PARAMS = "_vpred_cfg_params"  # on model_wrap_cfg: this step's CFGDenoiserParams (noisy x and sigma)
 ATTR_ORIGINAL_COMBINE = "_vpred_original_combine"  # on model_wrap_cfg: the combine_denoised we wrapped
 ATTR_TABLE = "_vpred_ztsnr_table"  # on model_wrap: True once our ZTSNR sigma table is installed
-ATTR_SAVED_OVERRIDE = "_vpred_saved_scheduler_override"  # on p: the override that was there before ours
 ATTR_EULER_FIRST = "_vpred_euler_first_step"  # on the sampler: its func already takes an Euler first step
 
 
 # --- facts ------------------------------------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=64)
-def _detect_cached(path: str, stamp: tuple[Any, ...]) -> detect.Detection:
-    return detect.detect_checkpoint(path)
-
-
-def _stat_stamp(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size
-
-
-def detect_file(path: str | None) -> detect.Detection | None:
-    """``detect_checkpoint`` cached by the (mtime, size) of the checkpoint and of the YAML beside it (or its absence):
-    a changed, added or removed file is re-read, unchanged ones never."""
-    if not path:
-        return None
-    stamp = _stat_stamp(path)
-    if stamp is None:
-        return detect.detect_checkpoint(path)  # reports the problem as reasons
-    return _detect_cached(path, (stamp, _stat_stamp(detect.yaml_beside(path))))
-
-
-def _family(sd_model: Any) -> str:
-    if getattr(sd_model, "is_sdxl", False):
-        return "SDXL"
-    if getattr(sd_model, "is_sd2", False):
-        return "SD2"
-    if getattr(sd_model, "is_sd1", False):
-        return "SD1"
-    return "unknown"
-
-
-#: Settings keys (registered by scripts/vpred.py).
-OPT_OVERRIDES = "vpred_checkpoint_overrides"
-OPT_ASSUME_SD1_ZTSNR = "vpred_assume_sd1_ztsnr"
-
-
-def checkpoint_override(info: Any, opts: Any) -> Any:
-    """The first Settings override rule matching this checkpoint (by file name, name, title or hash), or None."""
-    rules, _problems = parse_checkpoint_overrides(getattr(opts, OPT_OVERRIDES, "") or "")
-    if not rules or info is None:
-        return None
-    filename = getattr(info, "filename", None)
-    names: list[Any] = []
-    if filename:
-        base = os.path.basename(filename)
-        names += [base, os.path.splitext(base)[0]]
-    names += [getattr(info, attr, None) for attr in ("name", "model_name", "title", "shorthash", "sha256", "hash")]
-    return find_checkpoint_override(rules, *[str(n) for n in names if n])
 
 
 def sampler_table_state(sampler: Any) -> tuple[bool, bool] | None:
@@ -135,7 +97,7 @@ def model_facts(sd_model: Any, opts: Any, sampler: Any = None) -> ModelFacts:
         name=getattr(info, "name", None) or (os.path.basename(filename) if filename else "unknown"),
         webui_prediction=webui_prediction,
         webui_prediction_reason=reason,
-        family=_family(sd_model),
+        family=model_family(sd_model),
         table_is_ztsnr=_table_is_ztsnr(alphas, sampler),
         builtin_ztsnr_option=getattr(opts, "sd_noise_schedule", "Default") == "Zero Terminal SNR",
         downcast_alphas_cumprod=bool(getattr(opts, "use_downcasted_alpha_bar", False)),
@@ -158,83 +120,20 @@ def _table_is_ztsnr(alphas: Any, sampler: Any) -> bool:
     return schedule.is_zero_terminal_snr(alphas) and not (alphas.dtype == torch.float16 and a[-1] < 1e-7)
 
 
-def sampler_family(sampler: Any) -> str:
-    """k-diffusion (``KDiffusionSampler`` but not ``LCMSampler``), timestep (``CompVisSampler``) or other."""
-    names = {cls.__name__ for cls in type(sampler).__mro__}
-    if "LCMSampler" in names:
-        return OTHER
-    if "KDiffusionSampler" in names:
-        return KDIFFUSION
-    if "CompVisSampler" in names:
-        return TIMESTEP
-    return OTHER
-
-
-def scheduler_label(p: Any, sampler: Any) -> str | None:
-    """The pass's schedule type label as the WebUI resolves it (``KDiffusionSampler.get_sigmas``), or None."""
-    if getattr(p, "is_hr_pass", False):
-        name = getattr(p, "hr_scheduler", None) or "Automatic"
-    else:
-        name = getattr(p, "scheduler", None) or "Automatic"
-    if name == "Automatic":
-        options = getattr(getattr(sampler, "config", None), "options", None) or {}
-        name = options.get("scheduler")
-    if name is None:
-        return None
-    try:
-        from modules import sd_schedulers
-
-        scheduler = sd_schedulers.schedulers_map.get(name)
-    except ImportError:
-        scheduler = None
-    return scheduler.label if scheduler is not None else str(name)
-
-
-def other_cfg_rescalers(p: Any) -> tuple[str, ...]:
-    """Infotext keys of other extensions' CFG rescale written on ``p`` with a non-zero value (they compound)."""
-    found = []
-    params = getattr(p, "extra_generation_params", None) or {}
-    for key in LEGACY_CFG_RESCALE_KEYS:
-        try:
-            if key in params and float(params[key]) != 0:
-                found.append(f"{key}: {params[key]}")
-        except (TypeError, ValueError):
-            continue
-    return tuple(found)
-
-
-def sampler_facts(sampler: Any, opts: Any, p: Any = None) -> SamplerFacts:
-    """Facts about the pass's sampler; with ``p``, also its resolved schedule type and other active CFG rescalers."""
-    config = getattr(sampler, "config", None)
-    options = getattr(config, "options", None) or {}
-    discards = bool(
-        options.get("discard_next_to_last_sigma", False) or getattr(opts, "always_discard_next_to_last_sigma", False)
-    )
-    name = getattr(config, "name", None) or type(sampler).__name__
-    return SamplerFacts(
-        name=name,
-        family=sampler_family(sampler),
-        discards_penultimate_sigma=discards,
-        scheduler=scheduler_label(p, sampler) if p is not None else None,
-        other_cfg_rescalers=other_cfg_rescalers(p) if p is not None else (),
-    )
-
-
 # --- applying a plan --------------------------------------------------------------------------------------------------
-
-
-def ztsnr_alphas(sd_model: Any) -> torch.Tensor:
-    """The model's ZTSNR alpha-bar in float64 on the CPU, from ``alphas_cumprod_original`` (never the fp16 downcast
-    or an already-rescaled current table; the current one only when the WebUI kept no original)."""
-    source = getattr(sd_model, "alphas_cumprod_original", None)
-    if source is None:
-        source = sd_model.alphas_cumprod
-    return schedule.ztsnr_alphas_cumprod(source.detach().to("cpu", torch.float64), dtype=torch.float64)
 
 
 def ztsnr_sigma_table(sd_model: Any, device: torch.device) -> torch.Tensor:
     """The model's ZTSNR k-diffusion sigma table (float32 on ``device``), from :func:`ztsnr_alphas`."""
     return schedule.sigmas_from_alphas_cumprod(ztsnr_alphas(sd_model)).to(device=device, dtype=torch.float32)
+
+
+def stock_sigma_table(sd_model: Any) -> torch.Tensor | None:
+    """The model's current sigma table (float32, CPU) from its ``alphas_cumprod``, for the schedule preview."""
+    alphas = getattr(sd_model, "alphas_cumprod", None)
+    if alphas is None:
+        return None
+    return schedule.sigmas_from_alphas_cumprod(alphas.detach().to("cpu", torch.float32)).float()
 
 
 def install_sigma_table(model_wrap: Any, sigmas: torch.Tensor) -> None:
@@ -250,28 +149,6 @@ def build_denoiser(prediction: str, sd_model: Any, opts: Any) -> Any:
 
     cls = k_diffusion.external.CompVisVDenoiser if prediction == "v" else k_diffusion.external.CompVisDenoiser
     return cls(sd_model, quantize=bool(getattr(opts, "enable_quantization", False)))
-
-
-class TrailingSchedule:
-    """``p.sampler_noise_scheduler_override``: trailing sigmas from the pass's own (possibly ZTSNR) sigma table."""
-
-    def __init__(self, sampler: Any) -> None:
-        self.sampler = sampler
-
-    def __call__(self, steps: int) -> torch.Tensor:
-        return schedule.trailing_sigmas(self.sampler.model_wrap.sigmas.detach().cpu(), int(steps))
-
-
-def _restore_scheduler_override(p: Any) -> None:
-    if isinstance(getattr(p, "sampler_noise_scheduler_override", None), TrailingSchedule):
-        p.sampler_noise_scheduler_override = getattr(p, ATTR_SAVED_OVERRIDE, None)
-
-
-def _set_scheduler_override(p: Any, override: TrailingSchedule) -> None:
-    current = getattr(p, "sampler_noise_scheduler_override", None)
-    if not isinstance(current, TrailingSchedule):
-        setattr(p, ATTR_SAVED_OVERRIDE, current)
-    p.sampler_noise_scheduler_override = override
 
 
 def combine_with_rescale(
@@ -315,7 +192,7 @@ def apply_plan(p: Any, plan: Plan, params: VPredParams, sd_model: Any, opts: Any
     """Apply ``plan`` to this pass's sampler (``p.sampler``) and ``p``. An inactive plan changes nothing but undoes
     our own scheduler override from an earlier pass of the same ``p`` (and, when a refiner is set, leaves a marker so
     that a refiner our plan applies to is still handled after the switch)."""
-    _restore_scheduler_override(p)
+    common.restore_scheduler_override(p)
     if not plan.active:
         p.extra_generation_params.update(plan.infotext())
         sampler = getattr(p, "sampler", None)
@@ -330,15 +207,13 @@ def apply_plan(p: Any, plan: Plan, params: VPredParams, sd_model: Any, opts: Any
         return
     sampler = p.sampler
     if sampler_family(sampler) == TIMESTEP:
-        from lib_vpred.webui import timestep_glue
-
         if timestep_glue.apply(p, plan, sd_model, opts):
             p.extra_generation_params.update(plan.infotext())
         return
     cfg = sampler.model_wrap_cfg
     sampler.model_wrap = _fit_denoiser(cfg, plan, sd_model, opts)
     if plan.trailing:
-        _set_scheduler_override(p, TrailingSchedule(sampler))
+        common.set_scheduler_override(p, TrailingSchedule(sampler))
     if plan.euler_first_step and not getattr(sampler, ATTR_EULER_FIRST, False):
         sampler.func = sampling.with_euler_first_step(sampler.func)  # this sampler object only; dies with the pass
         setattr(sampler, ATTR_EULER_FIRST, True)
@@ -349,7 +224,7 @@ def apply_plan(p: Any, plan: Plan, params: VPredParams, sd_model: Any, opts: Any
 
 def restore_p(p: Any) -> None:
     """Undo what :func:`apply_plan` left on ``p`` (called from ``postprocess``)."""
-    _restore_scheduler_override(p)
+    common.restore_scheduler_override(p)
 
 
 def on_cfg_denoiser(params: Any, *, sd_model_getter: Any, opts: Any) -> None:
@@ -370,3 +245,10 @@ def on_cfg_denoiser(params: Any, *, sd_model_getter: Any, opts: Any) -> None:
         if new_plan.active:
             _fit_denoiser(denoiser, new_plan, sd_model, opts)
         setattr(denoiser, ATTR_PLAN, new_plan if new_plan.active else Plan(active=False))
+
+
+def register_callbacks(script_callbacks: Any, sd_model_getter: Any, opts: Any) -> None:
+    """A1111's per-step callback: :func:`on_cfg_denoiser` captures each step's noisy input and sigma."""
+    script_callbacks.on_cfg_denoiser(
+        functools.partial(on_cfg_denoiser, sd_model_getter=sd_model_getter, opts=opts), name="vpred_capture"
+    )

@@ -2,9 +2,10 @@
 
 Forge and reForge share the A1111 front end (same Script API, same ``modules``), so the extension loads there, but
 they sample through their own back ends (Forge: ``backend``; reForge: ``ldm_patched``), where the A1111 hooks either
-do nothing or break generations (e.g. an A1111 ``CompVisVDenoiser`` handed to Forge's sampler). On such a host, or
-on a layout this version does not know, the extension says so in the panel and the console and leaves every
-generation untouched.
+do nothing or break generations (e.g. an A1111 ``CompVisVDenoiser`` handed to Forge's sampler). Each supported host
+has its own adapter (``HostInfo.adapter``: :mod:`lib_vpred.webui.hooks` for A1111, :mod:`lib_vpred.webui.forge` for
+Forge), chosen here once. On any other host, or on a layout this version does not know, the extension says so in the
+panel and the console and leaves every generation untouched.
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ import importlib.util
 from collections.abc import Callable
 
 A1111 = "AUTOMATIC1111 WebUI"
+FORGE = "Forge"
+
+#: The Forge back-end modules the Forge adapter uses (Forge2, dfdcbab): the predictor's sigma table and the CFG
+#: function whose ``sampler_post_cfg_function`` hook carries CFG rescale.
+FORGE_BACKEND = ("backend.modules.k_prediction", "backend.sampling.sampling_function", "backend.patcher.base")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +29,8 @@ class HostInfo:
     name: str
     supported: bool
     reason: str = ""
+    #: the adapter module for a supported host: "hooks" (A1111) or "forge"
+    adapter: str = ""
 
     def message(self) -> str:
         if self.supported:
@@ -43,11 +51,13 @@ def detect_host(exists: Callable[[str], bool] = module_exists) -> HostInfo:
     if exists("modules_forge"):
         if exists("ldm_patched"):
             return HostInfo("reForge", False, "it samples through its ldm_patched back end")
+        if exists("backend") and all(exists(name) for name in FORGE_BACKEND):
+            return HostInfo(FORGE, True, adapter="forge")
         if exists("backend"):
-            return HostInfo("Forge", False, "it samples through its own back end")
+            return HostInfo(FORGE, False, "its back end is not the Forge2 layout this version knows")
         return HostInfo("this Forge-family WebUI", False, "its sampling back end is unknown to this version")
     if not exists("modules.sd_samplers_cfg_denoiser"):
         return HostInfo(
             "this WebUI", False, "it has no modules.sd_samplers_cfg_denoiser, the CFG denoiser hooked here"
         )
-    return HostInfo(A1111, True)
+    return HostInfo(A1111, True, adapter="hooks")

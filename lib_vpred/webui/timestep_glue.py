@@ -29,7 +29,7 @@ import torch
 
 from lib_vpred import guidance, timestep
 from lib_vpred.plan import Plan
-from lib_vpred.webui import hooks
+from lib_vpred.webui import common
 
 logger = logging.getLogger("vpred")
 
@@ -47,11 +47,15 @@ class TimestepState:
     img2img: bool = False
     grid: torch.Tensor | None = None
     captured: tuple[torch.Tensor, torch.Tensor] | None = None
+    #: A host whose denoiser does not answer in the WebUI's timestep form (Forge) gives v its own way:
+    #: ``predict_v(model, x, t, abar, extra_args) -> v`` and ``uncond_v(model, x, abar) -> v`` (DDIM CFG++ direction).
+    predict_v: Any = None
+    uncond_v: Any = None
 
 
 def ztsnr_alphas_table(sd_model: Any) -> torch.Tensor:
-    """The model's ZTSNR alpha-bar (``hooks.ztsnr_alphas``), cast to float32 on the current table's device."""
-    return hooks.ztsnr_alphas(sd_model).to(device=sd_model.alphas_cumprod.device, dtype=torch.float32)
+    """The model's ZTSNR alpha-bar (``common.ztsnr_alphas``), cast to float32 on the current table's device."""
+    return common.ztsnr_alphas(sd_model).to(device=sd_model.alphas_cumprod.device, dtype=torch.float32)
 
 
 class VDenoiser(torch.nn.Module):
@@ -98,7 +102,7 @@ def _scoped_call(sampler: Any, original: Any, img2img: bool, *args: Any, **kwarg
         state.img2img = False
 
 
-def _get_timesteps(sampler: Any, p: Any, steps: int) -> torch.Tensor:
+def get_trailing_timesteps(sampler: Any, p: Any, steps: int) -> torch.Tensor:
     state: TimestepState = getattr(sampler, ATTR_STATE)
     grid = timestep.trailing_timesteps(int(steps), state.kind)
     state.grid = grid
@@ -124,6 +128,11 @@ def _v_loop(sampler: Any, state: TimestepState, model: Any, x: torch.Tensor, tim
     abar = table.detach().to("cpu", torch.float64)
     s_in = x.new_ones(x.shape[0])
 
+    def v_at(xx: torch.Tensor, t: Any, a: float) -> torch.Tensor:
+        if state.predict_v is not None:
+            return state.predict_v(model, xx, t, a, extra_args)
+        return _to_v(model, model(xx, t * s_in, **extra_args), xx, a)
+
     def report(i: int, xx: torch.Tensor, x0: torch.Tensor) -> None:
         if callback is not None:
             callback({"x": xx, "i": i, "sigma": 0, "sigma_hat": 0, "denoised": x0})
@@ -134,8 +143,7 @@ def _v_loop(sampler: Any, state: TimestepState, model: Any, x: torch.Tensor, tim
         opts = shared.opts
 
         def model_v(xx: torch.Tensor, t_input: float) -> torch.Tensor:
-            out = model(xx, t_input * s_in, **extra_args)
-            return _to_v(model, out, xx, float(abar[int(t_input)]))
+            return v_at(xx, t_input, float(abar[int(t_input)]))
 
         t_start = None
         if kw.get("is_img2img"):
@@ -160,8 +168,10 @@ def _v_loop(sampler: Any, state: TimestepState, model: Any, x: torch.Tensor, tim
 
     def model_pair(xx: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         a = float(abar[t])
-        v = _to_v(model, model(xx, t * s_in, **extra_args), xx, a)
+        v = v_at(xx, t, a)
         if cfgpp:
+            if state.uncond_v is not None:
+                return v, state.uncond_v(model, xx, a)
             return v, _to_v(model, model.last_noise_uncond, xx, a)
         return v, v
 
@@ -171,7 +181,7 @@ def _v_loop(sampler: Any, state: TimestepState, model: Any, x: torch.Tensor, tim
     return timestep.ddim_sample_v(model_pair, x, ts, table, eta=float(kw.get("eta", 0.0) or 0.0), callback=report)
 
 
-def _make_func(sampler: Any, state: TimestepState, original: Any) -> Any:
+def make_func(sampler: Any, state: TimestepState, original: Any) -> Any:
     """``sampler.func``: the WebUI's loop signature (``initialize`` and ``sample*`` inspect it), our timesteps for
     img2img with trailing, and our v loop for v checkpoints."""
 
@@ -266,9 +276,9 @@ def apply(p: Any, plan: Plan, sd_model: Any, opts: Any) -> bool:
     sampler.sample = functools.partial(_scoped_call, sampler, sampler.sample, False)
     sampler.sample_img2img = functools.partial(_scoped_call, sampler, sampler.sample_img2img, True)
     if plan.trailing:
-        sampler.get_timesteps = types.MethodType(_get_timesteps, sampler)
+        sampler.get_timesteps = types.MethodType(get_trailing_timesteps, sampler)
     if plan.trailing or v_path:
-        sampler.func = _make_func(sampler, state, sampler.func)
+        sampler.func = make_func(sampler, state, sampler.func)
     if plan.cfg_rescale > 0:
         if not v_path:
             inner = cfg.model_wrap if cfg.model_wrap is not None else cfg.inner_model

@@ -505,6 +505,13 @@ def timestep_sampler_calls(
     return sorted(values[1:], reverse=True), virtual
 
 
+def _stock_table_from_alphas(sd_model: Any) -> torch.Tensor | None:
+    alphas = getattr(sd_model, "alphas_cumprod", None)
+    if alphas is None:
+        return None
+    return schedule.sigmas_from_alphas_cumprod(alphas.detach().to("cpu", torch.float32)).float()
+
+
 def render_pass(
     spec: PassSpec,
     params: vp.VPredParams,
@@ -514,6 +521,7 @@ def render_pass(
     sd_schedulers: Any,
     sd_samplers: Any,
     ztsnr_table: Callable[[Any], torch.Tensor],
+    stock_table: Callable[[Any], torch.Tensor | None] | None = None,
 ) -> str:
     """The preview of one pass, as the WebUI's ``KDiffusionSampler.get_sigmas`` will build it."""
     config = _sampler_config(sd_samplers, spec.sampler)
@@ -524,8 +532,9 @@ def render_pass(
     discards = bool(
         options.get("discard_next_to_last_sigma", False) or getattr(opts, "always_discard_next_to_last_sigma", False)
     )
+    stock_table = stock_table or _stock_table_from_alphas
     if family == TIMESTEP:
-        return render_timestep_pass(spec, name, title, params, facts, sd_model, discards, ztsnr_table)
+        return render_timestep_pass(spec, name, title, params, facts, sd_model, discards, ztsnr_table, stock_table)
     if family != KDIFFUSION:
         return preview_message(f"{title}: runs unchanged (VPred applies to k-diffusion and timestep samplers)")
     label = spec.scheduler or "Automatic"
@@ -535,13 +544,10 @@ def render_pass(
     plan = decide(
         params, facts, SamplerFacts(name=name, family=family, discards_penultimate_sigma=discards, scheduler=shown)
     )
-    alphas = getattr(sd_model, "alphas_cumprod", None)
-    if alphas is None:
+    stock = stock_table(sd_model)
+    if stock is None:
         return preview_message(f"{title}: the model has no noise schedule to preview")
-    if plan.active and plan.install_ztsnr_table:
-        table = ztsnr_table(sd_model)
-    else:
-        table = schedule.sigmas_from_alphas_cumprod(alphas.detach().to("cpu", torch.float32)).float()
+    table = ztsnr_table(sd_model) if plan.active and plan.install_ztsnr_table else stock
     trailing = plan.active and plan.trailing
     try:
         import k_diffusion.external
@@ -608,19 +614,18 @@ def render_timestep_pass(
     sd_model: Any,
     discards: bool,
     ztsnr_table: Callable[[Any], torch.Tensor],
+    stock_table: Callable[[Any], torch.Tensor | None] | None = None,
 ) -> str:
     """The preview of a DDIM / PLMS / UniPC pass: the timesteps of its model calls."""
     from lib_vpred import timestep
 
+    stock_table = stock_table or _stock_table_from_alphas
     kind = timestep.kind_of(name)
     plan = decide(params, facts, SamplerFacts(name=name, family=TIMESTEP, discards_penultimate_sigma=discards))
-    alphas = getattr(sd_model, "alphas_cumprod", None)
-    if kind is None or alphas is None:
+    stock = stock_table(sd_model)
+    if kind is None or stock is None:
         return preview_message(f"{title}: no schedule to preview")
-    if plan.active and plan.install_ztsnr_table:
-        table = ztsnr_table(sd_model)
-    else:
-        table = schedule.sigmas_from_alphas_cumprod(alphas.detach().to("cpu", torch.float32)).float()
+    table = ztsnr_table(sd_model) if plan.active and plan.install_ztsnr_table else stock
     trailing = plan.active and plan.trailing
     calls, virtual = timestep_sampler_calls(
         kind,
@@ -638,12 +643,17 @@ def render_timestep_pass(
     return _pass_html(title, how, table_kind, plan, result)
 
 
-def webui_preview_html(control_values: Sequence[Any], webui: dict[str, Any], is_img2img: bool) -> str:
-    """The panel's schedule preview for the loaded checkpoint (reads ``modules.shared`` lazily; never raises)."""
+def webui_preview_html(
+    control_values: Sequence[Any], webui: dict[str, Any], is_img2img: bool, glue: Any = None
+) -> str:
+    """The panel's schedule preview for the loaded checkpoint (reads ``modules.shared`` lazily; never raises).
+
+    ``glue`` is the host adapter (facts and sigma tables): :mod:`lib_vpred.webui.hooks` (A1111) by default."""
     try:
         from modules import sd_samplers, sd_schedulers, shared
 
-        from lib_vpred.webui import hooks
+        if glue is None:
+            from lib_vpred.webui import hooks as glue
     except Exception:
         return preview_message("schedule preview: only available inside the WebUI")
     try:
@@ -653,16 +663,18 @@ def webui_preview_html(control_values: Sequence[Any], webui: dict[str, Any], is_
     sd_model = shared.sd_model
     if sd_model is None:
         return preview_message("no checkpoint loaded")
-    facts = hooks.model_facts(sd_model, shared.opts)
+    facts = glue.model_facts(sd_model, shared.opts)
     cache: dict[str, torch.Tensor] = {}
 
     def ztsnr_table(model: Any) -> torch.Tensor:
         if "t" not in cache:
-            cache["t"] = hooks.ztsnr_sigma_table(model, torch.device("cpu"))
+            cache["t"] = glue.ztsnr_sigma_table(model, torch.device("cpu"))
         return cache["t"]
 
     parts = [
-        render_pass(spec, params, facts, sd_model, shared.opts, sd_schedulers, sd_samplers, ztsnr_table)
+        render_pass(
+            spec, params, facts, sd_model, shared.opts, sd_schedulers, sd_samplers, ztsnr_table, glue.stock_sigma_table
+        )
         for spec in passes_for(webui, is_img2img, shared.opts)
     ]
     return "<div class='vpred-preview'>" + "".join(parts) + "</div>"

@@ -1,7 +1,8 @@
 """On a host this version does not support (Forge, reForge, an unknown layout) the extension changes no generation.
 
-The stand-in gets a Forge-family layout the way a real Forge tree has one: ``modules_forge`` and ``backend`` packages
-importable beside ``modules`` (Forge dfdcbab ships both at its top level). A v-pred checkpoint, which the extension
+The stand-in gets a Forge-family layout this version does not know: ``modules_forge`` and ``backend`` packages
+importable beside ``modules``, as in a Forge tree, but without the Forge2 back-end modules the Forge adapter uses
+(``backend.sampling.sampling_function`` ...): an older or newer Forge. A v-pred checkpoint, which the extension
 would otherwise change, must then sample bit for bit as without the extension, with no infotext key, no Trailing
 schedule type, no CFG hook, and the panel must say why.
 """
