@@ -52,6 +52,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SHARED_SOURCES = REPO.parent / "shared" / "hosts"
 TINY_MODELS = REPO / "tests" / "webui" / "tiny_models.py"
+FULL_MODELS = REPO / "tests" / "webui" / "full_models.py"
+PROBE = REPO / "tests" / "webui" / "probe"
 #: Bump when the build recipe changes in a way that needs a rebuild of existing hosts.
 RECIPE_VERSION = 1
 
@@ -83,14 +85,22 @@ class Source:
         return f"{self.name}-{self.commit[:10]}.tar.gz"
 
 
+ASSETS = Source(
+    "stable-diffusion-webui-assets",
+    "AUTOMATIC1111/stable-diffusion-webui-assets",
+    "6f7db241d2f8ba7457bac5ca9753331f0c266917",
+    "69bb0c123841f27f",
+    "repositories/stable-diffusion-webui-assets",
+)
+BLIP = Source(
+    "BLIP",
+    "salesforce/BLIP",
+    "48211a1594f1321b00f14c9f7a5b4813144b2fb9",
+    "4e879587d88fae35",
+    "repositories/BLIP",
+)
 A1111_REPOSITORIES = (
-    Source(
-        "stable-diffusion-webui-assets",
-        "AUTOMATIC1111/stable-diffusion-webui-assets",
-        "6f7db241d2f8ba7457bac5ca9753331f0c266917",
-        "69bb0c123841f27f",
-        "repositories/stable-diffusion-webui-assets",
-    ),
+    ASSETS,
     Source(
         "stable-diffusion-stability-ai",
         "Stability-AI/stablediffusion",
@@ -112,13 +122,20 @@ A1111_REPOSITORIES = (
         "9976be20dba3129a",
         "repositories/k-diffusion",
     ),
+    BLIP,
+)
+#: the repositories Forge's ``prepare_environment`` clones (``modules/launch_utils.py``: assets, huggingface_guess and
+#: BLIP; stablediffusion, generative-models and k-diffusion are commented out there, k_diffusion is vendored)
+FORGE_REPOSITORIES = (
+    ASSETS,
     Source(
-        "BLIP",
-        "salesforce/BLIP",
-        "48211a1594f1321b00f14c9f7a5b4813144b2fb9",
-        "4e879587d88fae35",
-        "repositories/BLIP",
+        "huggingface_guess",
+        "lllyasviel/huggingface_guess",
+        "84826248b49bb7ca754c73293299c4d4e23a548d",
+        "c1be16a255e38e10",
+        "repositories/huggingface_guess",
     ),
+    BLIP,
 )
 #: openai CLIP at the commit A1111's prepare_environment installs (k_diffusion/evaluation.py imports ``clip``)
 OPENAI_CLIP = Source(
@@ -139,10 +156,15 @@ class Host:
     #: (pattern, replacement-or-None) applied line by line to requirements_versions.txt: None drops the line
     requirement_edits: tuple[tuple[str, str | None], ...] = ()
     extra_requirements: tuple[str, ...] = ()
-    #: log lines that mean the host is ready / failed to load its model
+    #: log lines that mean the host is ready / failed to load its model; no ready mark: ready once the API answers
+    #: (a host that loads its model lazily, at the first generation)
     ready_marks: tuple[str, ...] = ("Model loaded in",)
     failure_marks: tuple[str, ...] = ("Stable diffusion model failed to load",)
+    #: which test checkpoints it runs: "tiny" (``tiny_models.py``) or "full" (full-size SD1.5, ``full_models.py``)
+    models: str = "tiny"
     startup_checkpoint: str = "tiny-eps.safetensors"
+    #: install the test-only probe extension (``tests/webui/probe``) beside this one by default
+    probe: bool = False
     env: dict[str, str] = field(default_factory=dict)
 
     def requirements(self, text: str) -> list[str]:
@@ -197,7 +219,39 @@ A1111 = Host(
     ),
 )
 
-HOSTS = {h.key: h for h in (A1111,)}
+FORGE = Host(
+    key="forge",
+    title="Stable Diffusion WebUI Forge (dfdcbab)",
+    root=Source(
+        "forge-webui",
+        "lllyasviel/stable-diffusion-webui-forge",
+        "dfdcbab685e57677014f05a3309b48cc87383167",
+        "31c5cba9e208e10e",
+        "",
+    ),
+    sources=FORGE_REPOSITORIES,
+    port=7861,
+    launch_args=(
+        "--skip-prepare-environment",
+        "--skip-install",
+        "--always-cpu",
+        "--api",
+        "--skip-version-check",
+        "--no-download-sd-model",
+    ),
+    requirement_edits=A1111.requirement_edits,
+    # the built-in soft-inpainting script imports joblib (else "Error loading script: soft_inpainting.py")
+    extra_requirements=("joblib",),
+    # Forge loads the checkpoint at the first generation, not at startup
+    ready_marks=(),
+    failure_marks=(),
+    # Forge recognises checkpoints by tensor shapes (huggingface_guess): shrunken models fail to load
+    models="full",
+    startup_checkpoint="sd15-eps.safetensors",
+    probe=True,
+)
+
+HOSTS = {h.key: h for h in (A1111, FORGE)}
 
 
 def log(msg: str) -> None:
@@ -392,8 +446,16 @@ def models_dir(host: Host) -> Path:
     return Path(given).expanduser().resolve() if given else host_dir(host) / "tiny-models"
 
 
+def full_models_dir() -> Path:
+    """Where the full-size SD1.5 checkpoints go: one folder shared by every host that needs them (2 GB each)."""
+    given = os.environ.get("VPRED_FULL_MODELS_DIR")
+    return Path(given).expanduser().resolve() if given else hosts_dir() / "full-models"
+
+
 def ensure_models(host: Host) -> Path:
-    """Generate the tiny checkpoints with the host's own venv (again whenever tiny_models.py changes)."""
+    """Generate the host's test checkpoints with its own venv (again whenever the generator script changes)."""
+    if host.models == "full":
+        return ensure_full_models(host)
     out = models_dir(host)
     want = sha256(TINY_MODELS)
     stamp = out / ".tiny_models.sha256"
@@ -403,6 +465,21 @@ def ensure_models(host: Host) -> Path:
     out.mkdir(parents=True)
     py = host_dir(host) / "venv" / "bin" / "python"
     run([str(py), str(TINY_MODELS), str(out), "--webui", str(host_dir(host))])
+    stamp.write_text(want + "\n")
+    return out
+
+
+def ensure_full_models(host: Host) -> Path:
+    """The full-size random-weight SD1.5 checkpoints (``full_models.py``), generated once into the shared folder."""
+    out = full_models_dir()
+    want = sha256(FULL_MODELS)
+    stamp = out / ".full_models.sha256"
+    if stamp.is_file() and stamp.read_text().strip() == want:
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    py = host_dir(host) / "venv" / "bin" / "python"
+    run([str(py), str(FULL_MODELS), str(out)])
     stamp.write_text(want + "\n")
     return out
 
@@ -464,13 +541,16 @@ def instance_dir(host: Host) -> Path:
     return host_dir(host) / "instances" / str(port(host))
 
 
-def install_extension(host: Host, enabled: bool) -> None:
+def install_extension(host: Host, enabled: bool, probe: bool = False) -> None:
     """Install this checkout into the instance's ``extensions/sd-webui-vpred`` as a copy, like a user's clone (a
-    symlink out of the WebUI folder would make gradio refuse to serve the extension's JavaScript and CSS)."""
+    symlink out of the WebUI folder would make gradio refuse to serve the extension's JavaScript and CSS); with
+    ``probe``, the test-only probe extension (``tests/webui/probe``) into ``extensions/vpred-probe`` beside it."""
     data = instance_dir(host)
     shutil.rmtree(data, ignore_errors=True)
     dest = data / "extensions" / "sd-webui-vpred"
     dest.parent.mkdir(parents=True)
+    if probe:
+        shutil.copytree(PROBE, data / "extensions" / "vpred-probe", ignore=shutil.ignore_patterns("__pycache__"))
     if not enabled:
         return
     for name in extension_files():
@@ -494,8 +574,16 @@ def tail(path: Path, lines: int = 60) -> str:
         return "(no log)"
 
 
-def start(host: Host, *, extension: bool = True, timeout: float = 600.0, extra_args: tuple[str, ...] = ()) -> str:
-    """Start the host in the background (its own process group), wait until its model is loaded, return the URL."""
+def start(
+    host: Host,
+    *,
+    extension: bool = True,
+    probe: bool | None = None,
+    timeout: float = 600.0,
+    extra_args: tuple[str, ...] = (),
+) -> str:
+    """Start the host in the background (its own process group), wait until it is ready (its model loaded, for a host
+    that loads it at startup), return the URL. ``probe``: install the probe extension (default: ``host.probe``)."""
     if not is_built(host):
         raise HostError(f"{host.title} is not built: run `python3 tools/host.py build {host.key}`")
     if running_pid(host) is not None:
@@ -506,7 +594,7 @@ def start(host: Host, *, extension: bool = True, timeout: float = 600.0, extra_a
     if answers(base + "/", timeout=2):
         raise HostError(f"something already listens on {base}")
     models = ensure_models(host)
-    install_extension(host, extension)
+    install_extension(host, extension, host.probe if probe is None else probe)
     root = host_dir(host)
     logpath = log_file(host)
     env = {**os.environ, **OFFLINE_ENV, **host.env}
@@ -562,7 +650,8 @@ def start(host: Host, *, extension: bool = True, timeout: float = 600.0, extra_a
     # ("Cannot add middleware after an application has started").
     wait(lambda: "Startup time" in logpath.read_text(errors="replace"), "'Startup time' in the log")
     wait(lambda: answers(base + "/sdapi/v1/sd-models"), "answer from /sdapi/v1/sd-models")
-    wait(lambda: any(m in logpath.read_text(errors="replace") for m in host.ready_marks), "model loaded")
+    if host.ready_marks:
+        wait(lambda: any(m in logpath.read_text(errors="replace") for m in host.ready_marks), "model loaded")
     log(f"{host.title} ready at {base} (pid {proc.pid}, log {logpath})")
     return base
 
@@ -611,6 +700,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=("build", "start", "stop", "status", "path", "log"))
     parser.add_argument("host", choices=sorted(HOSTS))
     parser.add_argument("--no-extension", action="store_true", help="start without this extension (a baseline)")
+    probe = parser.add_mutually_exclusive_group()
+    probe.add_argument("--probe", dest="probe", action="store_true", default=None, help="install the probe extension")
+    probe.add_argument("--no-probe", dest="probe", action="store_false", help="start without the probe extension")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for startup")
     args = parser.parse_args(argv)
     host = HOSTS[args.host]
@@ -619,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
             build(host)
             ensure_models(host)
         elif args.command == "start":
-            print(start(host, extension=not args.no_extension, timeout=args.timeout))
+            print(start(host, extension=not args.no_extension, probe=args.probe, timeout=args.timeout))
         elif args.command == "stop":
             stop(host)
         elif args.command == "status":

@@ -65,6 +65,93 @@ def test_a1111_pins_the_published_commits():
     assert commits["stable-diffusion-webui-assets"] == "6f7db241d2f8ba7457bac5ca9753331f0c266917"
 
 
+def test_a1111_recipe_is_unchanged():
+    """The A1111 build stamp written before Forge was added must stay valid (else every A1111 host rebuilds)."""
+    recipe = host.recipe(host.A1111)
+    assert recipe == {
+        "recipe": 1,
+        "host": "a1111",
+        "sources": {
+            "a1111-webui": "82a973c04367123ae98bd9abdf80d9eda9b910e2",
+            "stable-diffusion-webui-assets": "6f7db241d2f8ba7457bac5ca9753331f0c266917",
+            "stable-diffusion-stability-ai": "cf1d67a6fd5ea1aa600c4df58e5b47da45f6bdbf",
+            "generative-models": "45c443b316737a4ab6e40413d7794a7f5657c19f",
+            "k-diffusion": "ab527a9a6d347f364e3d185ba6d714e22d80cb3c",
+            "BLIP": "48211a1594f1321b00f14c9f7a5b4813144b2fb9",
+            "openai-clip": "d50d76daa670286dd6cacf3bcd80b5e4823fc8e1",
+        },
+        "edits": [["setuptools", "setuptools>=77.0.3,<81"], ["torch", None]],
+        "extra": [],
+        "torch": ["torch==2.14.1", "torchvision==0.29.1"],
+        "python": recipe["python"],
+    }
+    assert host.A1111.ready_marks == ("Model loaded in",)
+    assert host.A1111.models == "tiny"
+    assert not host.A1111.probe
+
+
+def test_forge_requirements_and_sources():
+    """Forge: A1111's two requirement edits plus joblib; only the three repositories its launch_utils clones."""
+    reqs = host.FORGE.requirements(REQUIREMENTS)
+    assert reqs == [
+        "setuptools>=77.0.3,<81",
+        "GitPython==3.1.32",
+        "gradio==3.41.2",
+        "torchdiffeq==0.2.3",
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+        "joblib",
+    ]
+    commits = {s.name: s.commit for s in (host.FORGE.root, *host.FORGE.sources)}
+    assert commits == {
+        "forge-webui": "dfdcbab685e57677014f05a3309b48cc87383167",
+        "stable-diffusion-webui-assets": "6f7db241d2f8ba7457bac5ca9753331f0c266917",
+        "huggingface_guess": "84826248b49bb7ca754c73293299c4d4e23a548d",
+        "BLIP": "48211a1594f1321b00f14c9f7a5b4813144b2fb9",
+    }
+    assert all(s.dest == f"repositories/{s.name}" for s in host.FORGE.sources)  # no pip-installed source (clip)
+    recipe = host.recipe(host.FORGE)
+    assert recipe["host"] == "forge"
+    assert recipe["extra"] == ["joblib"]
+    assert recipe["sources"] == commits
+
+
+def test_forge_launch_and_readiness():
+    """Forge loads its model lazily: ready once the API answers; full-size checkpoints; its own default port."""
+    assert host.FORGE.ready_marks == ()
+    assert host.FORGE.models == "full"
+    assert host.FORGE.startup_checkpoint == "sd15-eps.safetensors"
+    assert host.FORGE.probe
+    assert host.FORGE.port != host.A1111.port
+    for arg in ("--skip-prepare-environment", "--always-cpu", "--api", "--no-download-sd-model"):
+        assert arg in host.FORGE.launch_args
+    assert "--use-cpu" not in host.FORGE.launch_args  # A1111's spelling
+    assert host.HOSTS["forge"] is host.FORGE
+
+
+def test_port_and_model_folders_follow_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("VPRED_HOSTS_DIR", str(tmp_path / "hosts"))
+    monkeypatch.delenv("VPRED_FORGE_PORT", raising=False)
+    monkeypatch.delenv("VPRED_FULL_MODELS_DIR", raising=False)
+    assert host.port(host.FORGE) == 7861
+    monkeypatch.setenv("VPRED_FORGE_PORT", "7999")
+    assert host.port(host.FORGE) == 7999
+    assert host.url(host.FORGE) == "http://127.0.0.1:7999"
+    assert host.full_models_dir() == (tmp_path / "hosts" / "full-models").resolve()
+    monkeypatch.setenv("VPRED_FULL_MODELS_DIR", str(tmp_path / "elsewhere"))
+    assert host.full_models_dir() == (tmp_path / "elsewhere").resolve()
+
+
+def test_probe_is_installed_beside_the_extension(tmp_path, monkeypatch):
+    monkeypatch.setenv("VPRED_HOSTS_DIR", str(tmp_path / "hosts"))
+    host.install_extension(host.FORGE, enabled=False, probe=True)
+    extensions = host.instance_dir(host.FORGE) / "extensions"
+    assert (extensions / "vpred-probe" / "scripts" / "vpred_probe.py").is_file()
+    assert not (extensions / "sd-webui-vpred").exists()
+    host.install_extension(host.FORGE, enabled=False, probe=False)
+    assert not (extensions / "vpred-probe").exists()
+
+
 def test_shared_sources_list_matches_the_builder_when_present():
     """``../shared/hosts/SOURCES.txt`` (where present) names the same repositories, commits and sha256 prefixes."""
     listing = REPO.parent / "shared" / "hosts" / "SOURCES.txt"
@@ -75,8 +162,9 @@ def test_shared_sources_list_matches_the_builder_when_present():
         if line.strip() and not line.startswith("#"):
             name, github, commit, prefix = line.split()
             rows[name] = (github, commit, prefix)
-    for src in (host.A1111.root, *host.A1111.sources):
-        assert rows[src.name] == (src.github, src.commit, src.sha256_prefix), src.name
+    for h in host.HOSTS.values():
+        for src in (h.root, *h.sources):
+            assert rows[src.name] == (src.github, src.commit, src.sha256_prefix), (h.key, src.name)
 
 
 def _tarball(folder: Path, name: str, commit: str, files: dict[str, bytes]) -> str:
