@@ -93,7 +93,8 @@ def test_sd2_768v_is_v_pred_with_ztsnr_off_under_auto():
     assert status["webui_prediction"] == "v"
     det = status["detection"]
     assert (det["family"], det["prediction"], det["prediction_source"], det["ztsnr"]) == ("SD2", "v", "yaml", None)
-    assert "SD2 v-pred (768-v) was trained without ZTSNR" in status["status"]
+    assert "SD2 v-pred (768-v) was trained without ZTSNR" in status["details"]  # the reason (hover text)
+    assert "zero terminal SNR" not in status["status"]
     # Auto is really off: the same image as ZTSNR set Off, another one with it On
     assert pixels(run("txt2img", SD2, vpred=[{"ztsnr": "Off"}])) == pixels(out)
     assert pixels(run("txt2img", SD2, vpred=[{"ztsnr": "On"}])) != pixels(out)
