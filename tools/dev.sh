@@ -4,7 +4,7 @@
 #   bash tools/dev.sh test    # set up .venv (first run only), lint, and run the test suite
 #   bash tools/dev.sh bench   # set up .venv and run every benchmark
 #   bash tools/dev.sh setup   # only set up .venv
-#   bash tools/dev.sh host a1111   # build a real WebUI host for the live and browser tiers (tools/host.py)
+#   bash tools/dev.sh host a1111   # build a real WebUI host for the live and browser tiers (tools/host.py; or: host forge)
 #   bash tools/dev.sh screenshot   # regenerate docs/panel.png and docs/panel-open.png from the real page (starts the host if needed)
 # `test` also runs the live and browser tiers against a real WebUI when VPRED_LIVE says so (default: on under CI=true
 # or when ../shared/hosts exists; VPRED_LIVE=1 builds from GitHub; VPRED_LIVE=0 turns them off): it builds the host

@@ -8,14 +8,21 @@
     python3 tools/host.py path a1111      # the host's folder
     python3 tools/host.py log a1111       # the running host's log file
 
-Environment: ``VPRED_<HOST>_PORT`` (e.g. ``VPRED_A1111_PORT``, default 7860) to run a second instance beside the
-first; ``VPRED_MODELS_DIR`` for the tiny checkpoints (default ``<host>/tiny-models``).
+Hosts: ``a1111`` (AUTOMATIC1111 v1.10.1, tiny checkpoints) and ``forge`` (Forge dfdcbab, full-size random SD1.5
+checkpoints from ``tests/webui/full_models.py``, since Forge recognises models by tensor shapes; ready once its API
+answers, because Forge loads the checkpoint at the first generation). ``start forge`` also installs the test-only
+probe extension (``tests/webui/probe``) beside this one; ``--no-probe`` / ``--probe`` override the host's default.
+
+Environment: ``VPRED_<HOST>_PORT`` (``VPRED_A1111_PORT``, default 7860; ``VPRED_FORGE_PORT``, default 7861) to run a
+second instance beside the first; ``VPRED_MODELS_DIR`` for the tiny checkpoints (default ``<host>/tiny-models``);
+``VPRED_FULL_MODELS_DIR`` for the full-size ones (default ``<hosts>/full-models``, shared by the hosts that use them).
 
 A host is a real, unmodified WebUI at a pinned commit, with the repositories it pins, its own venv (the pinned torch
 2.14.1 / torchvision 0.29.1 pair and the WebUI's ``requirements_versions.txt`` with only the changes listed in
 ``Host.requirements``), and the tiny test checkpoints from ``tests/webui/tiny_models.py``. Each start gets a fresh
 ``--data-dir`` (``instances/<port>``: config, outputs, extensions) and this checkout copied into its
 ``extensions/sd-webui-vpred`` (tracked and untracked-not-ignored files, as a clone has them).
+Checkpoints are generated once (again when their generator script changes), with the host's own venv.
 
 Sources, in this order:
 1. ``VPRED_HOST_SOURCES``: a folder of source tarballs (the layout of ``../shared/hosts``: ``<name>-<commit[:10]>.tar.gz``);
@@ -476,8 +483,9 @@ def ensure_full_models(host: Host) -> Path:
     stamp = out / ".full_models.sha256"
     if stamp.is_file() and stamp.read_text().strip() == want:
         return out
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    # no rmtree: the folder may be shared (or given); the generator replaces its own files atomically
+    stamp.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     py = host_dir(host) / "venv" / "bin" / "python"
     run([str(py), str(FULL_MODELS), str(out)])
     stamp.write_text(want + "\n")
