@@ -8,7 +8,8 @@
 #   bash tools/dev.sh screenshot   # regenerate docs/panel.png and docs/panel-open.png from the real page (starts the host if needed)
 # `test` also runs the live and browser tiers against a real WebUI when VPRED_LIVE says so (default: on under CI=true
 # or when ../shared/hosts exists; VPRED_LIVE=1 builds from GitHub; VPRED_LIVE=0 turns them off): it builds the host
-# (first time only), starts it, runs pytest and stops it. Under CI a host that cannot be built or started fails the run.
+# (first time only), starts it, runs pytest and stops it; the same for Forge (VPRED_FORGE=0 leaves Forge out outside
+# CI). Under CI a host that cannot be built or started fails the run.
 # The environment is re-created when requirements-*.txt change (requirements-lock.txt pins every transitive package).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -78,6 +79,33 @@ start_live_tier() {
   VPRED_WEBUI_URL=$("$VENV/bin/python" tools/host.py start a1111)
   VPRED_WEBUI_LOG=$("$VENV/bin/python" tools/host.py log a1111)
   export VPRED_WEBUI_URL VPRED_WEBUI_LOG VPRED_REQUIRE_LIVE=1
+  start_forge
+}
+
+forge_enabled() {
+  case "${VPRED_FORGE:-auto}" in
+    0 | off | no | false) return 1 ;;
+  esac
+  return 0
+}
+
+start_forge() {
+  # Forge's live and browser tiers (tests/webui/test_live_forge*.py, tests/browser/test_forge_browser.py): a real
+  # Forge with full-size random SD1.5 twins (about 7 GB of memory while it runs). VPRED_FORGE=0 leaves it out
+  # outside CI; under CI it always runs, and a Forge that cannot be built or started fails the run.
+  if [ -n "${VPRED_FORGE_URL:-}" ]; then
+    echo "[dev] Forge tier: using the Forge at $VPRED_FORGE_URL" >&2
+    export VPRED_REQUIRE_FORGE=1
+    return 0
+  fi
+  if [ "${CI:-}" != "true" ] && ! forge_enabled; then
+    echo "[dev] Forge tier off (VPRED_FORGE=0)" >&2
+    return 0
+  fi
+  "$VENV/bin/python" tools/host.py build forge
+  HOSTS_STARTED+=(forge)
+  VPRED_FORGE_URL=$("$VENV/bin/python" tools/host.py start forge)
+  export VPRED_FORGE_URL VPRED_REQUIRE_FORGE=1
 }
 
 cmd=${1:-test}

@@ -170,6 +170,9 @@ class Host:
     #: which test checkpoints it runs: "tiny" (``tiny_models.py``) or "full" (full-size SD1.5, ``full_models.py``)
     models: str = "tiny"
     startup_checkpoint: str = "tiny-eps.safetensors"
+    #: gradio 4 serves only files below its allowed paths, which default to the data dir alone: with ``--data-dir``
+    #: elsewhere the host's own script.js and javascript/ would answer 403. The flag that adds the host root, or None.
+    allow_root_flag: str | None = None
     #: install the test-only probe extension (``tests/webui/probe``) beside this one by default
     probe: bool = False
     env: dict[str, str] = field(default_factory=dict)
@@ -255,6 +258,7 @@ FORGE = Host(
     # Forge recognises checkpoints by tensor shapes (huggingface_guess): shrunken models fail to load
     models="full",
     startup_checkpoint="sd15-eps.safetensors",
+    allow_root_flag="--gradio-allowed-path",
     probe=True,
 )
 
@@ -623,6 +627,7 @@ def start(
         # the WebUI's own models folder (VAE-approx for live previews ships there), not one inside the data dir
         "--models-dir",
         str(root / "models"),
+        *((host.allow_root_flag, str(root)) if host.allow_root_flag else ()),
         *extra_args,
     ]
     log(f"starting {host.title}: {' '.join(cmd)}")

@@ -256,6 +256,7 @@ def uncond_v(model: Any, x: torch.Tensor, abar: float) -> torch.Tensor:
 
 def _install_timestep(p: Any, sampler: Any, state: ForgePass, plan: Plan) -> None:
     cfg = sampler.model_wrap_cfg
+    setattr(sampler, timestep_glue.ATTR_STATE, state)  # the shared timestep helpers find their state there
     v_path = plan.prediction == "v"
     if v_path:
         cfg.classic_ddim_eps_estimation = False  # this sampler's denoiser answers in k-diffusion form

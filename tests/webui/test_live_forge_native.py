@@ -15,51 +15,20 @@ step on a 2-core CPU, plus the first checkpoint load.
 
 from __future__ import annotations
 
-import base64
 import json
 import math
-import os
-import struct
-import urllib.error
-import urllib.request
 from typing import Any
 
 import pytest
 
-URL = os.environ.get("VPRED_FORGE_URL", "").rstrip("/")
-TIMEOUT = float(os.environ.get("VPRED_WEBUI_TIMEOUT", "600"))
-SKIP_REASON = "no Forge: set VPRED_FORGE_URL, e.g. export VPRED_FORGE_URL=$(python3 tools/host.py start forge)"
-if not URL:
-    if os.environ.get("VPRED_REQUIRE_FORGE") == "1":
-        raise RuntimeError(f"VPRED_REQUIRE_FORGE=1 but {SKIP_REASON}")
-    pytest.skip(SKIP_REASON, allow_module_level=True)
+from tests.webui.forge_client import STOCK_SIGMA_MAX, STOCK_SIGMA_MIN, call, require_forge, tensor
+
+require_forge()
 pytestmark = [pytest.mark.webui]
 
 SMALL = {"prompt": "a cat", "negative_prompt": "", "width": 64, "height": 64, "cfg_scale": 7.0, "seed": 1234}
 #: Euler, 8 steps, stock SD1.5 table (Automatic schedule): the sigmas of forge-host.md
 EULER8_SIGMAS = [14.6146, 6.6780, 3.5221, 2.0606, 1.2768, 0.7913, 0.4397, 0.0292]
-STOCK_SIGMA_MIN = 0.029167
-STOCK_SIGMA_MAX = 14.614641
-
-
-def call(path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(URL + path, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as e:
-        payload = e.read()
-        try:
-            return e.code, json.loads(payload)
-        except ValueError:
-            return e.code, payload.decode(errors="replace")
-
-
-def tensor(entry: dict[str, Any]) -> tuple[list[int], list[float]]:
-    """A probe tensor: (shape, flat float32 values)."""
-    raw = base64.b64decode(entry["b64"])
-    return entry["shape"], list(struct.unpack(f"<{len(raw) // 4}f", raw))
 
 
 @pytest.fixture(scope="module")
