@@ -4,7 +4,7 @@ Forge and reForge share the A1111 front end (same Script API, same ``modules``),
 they sample through their own back ends (Forge: ``backend``; reForge: ``ldm_patched``), where the A1111 hooks either
 do nothing or break generations (e.g. an A1111 ``CompVisVDenoiser`` handed to Forge's sampler). Each supported host
 has its own adapter (``HostInfo.adapter``: :mod:`lib_vpred.webui.hooks` for A1111, :mod:`lib_vpred.webui.forge` for
-Forge), chosen here once. On any other host, or on a layout this version does not know, the extension says so in the
+Forge, :mod:`lib_vpred.webui.reforge` for reForge), chosen here once. On any other host, or on a layout this version does not know, the extension says so in the
 panel and the console and leaves every generation untouched.
 """
 
@@ -20,6 +20,10 @@ FORGE = "Forge"
 #: The Forge back-end modules the Forge adapter uses (Forge2, dfdcbab): the predictor's sigma table and the CFG
 #: function whose ``sampler_post_cfg_function`` hook carries CFG rescale.
 FORGE_BACKEND = ("backend.modules.k_prediction", "backend.sampling.sampling_function", "backend.patcher.base")
+REFORGE = "reForge"
+#: The reForge back-end modules the reForge adapter uses (3b56b268): its model sampling (the UNet's sigma table) and
+#: the CFG function whose ``sampler_post_cfg_function`` hook carries CFG rescale.
+REFORGE_BACKEND = ("ldm_patched.modules.model_sampling", "ldm_patched.modules.samplers", "modules_forge.forge_sampler")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +54,9 @@ def detect_host(exists: Callable[[str], bool] = module_exists) -> HostInfo:
     """Tell the AUTOMATIC1111 WebUI from Forge, reForge and unknown layouts by the packages each one ships."""
     if exists("modules_forge"):
         if exists("ldm_patched"):
-            return HostInfo("reForge", False, "it samples through its ldm_patched back end")
+            if all(exists(name) for name in REFORGE_BACKEND):
+                return HostInfo(REFORGE, True, adapter="reforge")
+            return HostInfo(REFORGE, False, "its ldm_patched back end is not the layout this version knows")
         if exists("backend") and all(exists(name) for name in FORGE_BACKEND):
             return HostInfo(FORGE, True, adapter="forge")
         if exists("backend"):

@@ -34,9 +34,10 @@ def require_forge() -> None:
     pytest.skip(SKIP_REASON, allow_module_level=True)
 
 
-def call(path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+def call(path: str, body: dict[str, Any] | None = None, base: str | None = None) -> tuple[int, Any]:
+    """GET (no body) or POST JSON to the Forge at ``base`` (default ``VPRED_FORGE_URL``): (status, decoded answer)."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(URL + path, data=data, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request((base or URL) + path, data=data, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
             return response.status, json.loads(response.read() or b"null")

@@ -86,7 +86,8 @@ def generate(
     """One generation; returns (the API answer with its info decoded, the probe's record)."""
     status, reset = call("/vpred-probe/v1/reset", {"capture": capture if capture == "all" else list(capture)})
     assert status == 200, reset
-    body = {**SMALL, **fields, "override_settings": {"sd_model_checkpoint": checkpoint}}
+    extra = fields.pop("override_settings_extra", {})
+    body = {**SMALL, **fields, "override_settings": {"sd_model_checkpoint": checkpoint, **extra}}
     if vpred is not None:
         body["alwayson_scripts"] = {"vpred": {"args": vpred}}
     status, out = call(f"/sdapi/v1/{kind}", body)
@@ -126,7 +127,13 @@ def as_tensor(entry: dict[str, Any]) -> torch.Tensor:
 
 
 def cfg_rescale_reference(
-    x: torch.Tensor, sigma: float, cond: torch.Tensor, uncond: torch.Tensor, scale: float, phi: float
+    x: torch.Tensor,
+    sigma: float,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    scale: float,
+    phi: float,
+    weights: float = 1,
 ) -> torch.Tensor:
     """Algorithm 2 in v, from k-diffusion quantities: x = x0 + sigma * eps (VE), alpha-bar = 1 / (sigma^2 + 1),
     v = sqrt(abar) eps - sqrt(1 - abar) x0; std per sample over C, H, W; back to x0 = sqrt(abar) x_vp - sqrt(1-abar) v."""
@@ -137,7 +144,10 @@ def cfg_rescale_reference(
         eps = (x - x0) / sigma
         return math.sqrt(abar) * eps - math.sqrt(1 - abar) * x0
 
-    v_pos, v_neg = v_of(cond), v_of(uncond)
+    # ``cond`` is Forge's weighted mean of the AND sub-prompts; A1111's CFG sums them: uncond + sum_i w_i s (c_i - u),
+    # i.e. the positive prediction (CFG at scale 1) is uncond + W (mean - uncond) with W the weight sum
+    v_cond, v_neg = v_of(cond), v_of(uncond)
+    v_pos = v_neg + weights * (v_cond - v_neg)
     v_cfg = v_neg + scale * (v_pos - v_neg)
     dims = tuple(range(1, x.ndim))
     ratio = v_pos.std(dim=dims, keepdim=True) / v_cfg.std(dim=dims, keepdim=True)
@@ -292,3 +302,55 @@ def test_bad_input_is_a_422_naming_the_field(args, field):
     status, out = call("/sdapi/v1/txt2img", body)
     assert status == 422, out
     assert field in json.dumps(out)
+
+
+def test_and_prompts_rescale_against_the_sum_of_the_sub_prompts():
+    """``a cat AND a dog``: two sub-prompts of weight 1; the positive prediction is uncond + 2 (mean - uncond)."""
+    _, probe = generate(V, steps=3, prompt="a cat AND a dog")
+    call_ = probe["calls"][0]
+    t = call_["tensors"]
+    x, cond, uncond, result = (as_tensor(t[k]) for k in ("x", "cond_pred", "uncond_pred", "result"))
+    want = cfg_rescale_reference(x, call_["sigma"][0], cond, uncond, call_["cond_scale"], 0.7, weights=2)
+    wrong = cfg_rescale_reference(x, call_["sigma"][0], cond, uncond, call_["cond_scale"], 0.7, weights=1)
+    scale = want.abs().max().item()
+    assert (result - want).abs().max().item() <= 2e-4 * scale
+    assert (result - wrong).abs().max().item() > 1e-3 * scale  # the weights matter: the test can tell
+
+
+def test_forges_own_ztsnr_option_is_used_once_and_recorded():
+    """Forge's "Zero Terminal SNR" noise schedule swaps its own table in around sampling: the extension sees a ZTSNR
+    table, installs none of its own, and the schedule is still the trailing ZTSNR one (not rescaled twice)."""
+    out, probe = generate(V, steps=10, override_settings_extra={"sd_noise_schedule": "Zero Terminal SNR"})
+    ts = [c["t"][0] for c in probe["calls"]]
+    assert ts == [float(t) for t in trailing(10)], ts
+    assert math.isclose(probe["calls"][0]["sigma"][0], ZTSNR_SIGMA_MAX, abs_tol=0.01)
+    for c, t in zip(probe["calls"], trailing(10), strict=True):
+        assert math.isclose(c["sigma"][0], ztsnr_sigma(t), rel_tol=1e-4), (c["sigma"][0], t)
+    assert "VPred ZTSNR: built-in" in infotext(out), infotext(out)
+    assert_stock_after(probe)
+
+
+def test_eps_twin_is_byte_identical_to_a_forge_without_the_extension():
+    """The literal baseline: a second Forge started without sd-webui-vpred (``tools/host.py start forge
+    --no-extension`` on another port) gives the same pixels for the eps twin as this one with the extension."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "VPRED_FORGE_PORT": os.environ.get("VPRED_FORGE_BASELINE_PORT", "7864")}
+    host = [sys.executable, str(repo / "tools" / "host.py")]
+    started = subprocess.run([*host, "start", "forge", "--no-extension"], env=env, capture_output=True, text=True)
+    assert started.returncode == 0, started.stderr[-3000:]
+    baseline_url = started.stdout.strip().splitlines()[-1]
+    try:
+        body = {**SMALL, "steps": 4, "override_settings": {"sd_model_checkpoint": EPS}}
+        status, scripts = call("/sdapi/v1/scripts", base=baseline_url)
+        assert "vpred" not in scripts["txt2img"]  # really without the extension
+        status, out = call("/sdapi/v1/txt2img", body, base=baseline_url)
+        assert status == 200, out
+        with_ext, _ = generate(EPS, steps=4)
+        assert pixels(with_ext) == pixels(out)
+    finally:
+        subprocess.run([*host, "stop", "forge"], env=env, capture_output=True, text=True)
