@@ -8,14 +8,16 @@
     python3 tools/host.py path a1111      # the host's folder
     python3 tools/host.py log a1111       # the running host's log file
 
-Hosts: ``a1111`` (AUTOMATIC1111 v1.10.1, tiny checkpoints) and ``forge`` (Forge dfdcbab, full-size random SD1.5
+Hosts: ``a1111`` (AUTOMATIC1111 v1.10.1, tiny checkpoints), ``forge`` (Forge dfdcbab, full-size random SD1.5
 checkpoints from ``tests/webui/full_models.py``, since Forge recognises models by tensor shapes; ready once its API
-answers, because Forge loads the checkpoint at the first generation). ``start forge`` also installs the test-only
-probe extension (``tests/webui/probe``) beside this one; ``--no-probe`` / ``--probe`` override the host's default.
+answers, because Forge loads the checkpoint at the first generation) and ``reforge`` (reForge 3b56b26, the same
+full-size checkpoints; ready once its startup model load is logged). ``start forge`` and ``start reforge`` also install
+the test-only probe extension (``tests/webui/probe``) beside this one; ``--no-probe`` / ``--probe`` override the host's
+default.
 
-Environment: ``VPRED_<HOST>_PORT`` (``VPRED_A1111_PORT``, default 7860; ``VPRED_FORGE_PORT``, default 7861) to run a
-second instance beside the first; ``VPRED_MODELS_DIR`` for the tiny checkpoints (default ``<host>/tiny-models``);
-``VPRED_FULL_MODELS_DIR`` for the full-size ones (default ``<hosts>/full-models``, shared by the hosts that use them).
+Environment: ``VPRED_<HOST>_PORT`` (``VPRED_A1111_PORT``, default 7860; ``VPRED_FORGE_PORT``, default 7861;
+``VPRED_REFORGE_PORT``, default 7863) to run a second instance beside the first; ``VPRED_MODELS_DIR`` for the tiny
+checkpoints (default ``<host>/tiny-models``); ``VPRED_FULL_MODELS_DIR`` for the full-size ones (default ``<hosts>/full-models``, shared by the hosts that use them).
 
 A host is a real, unmodified WebUI at a pinned commit, with the repositories it pins, its own venv (the pinned torch
 2.14.1 / torchvision 0.29.1 pair and the WebUI's ``requirements_versions.txt`` with only the changes listed in
