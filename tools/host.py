@@ -8,14 +8,16 @@
     python3 tools/host.py path a1111      # the host's folder
     python3 tools/host.py log a1111       # the running host's log file
 
-Hosts: ``a1111`` (AUTOMATIC1111 v1.10.1, tiny checkpoints) and ``forge`` (Forge dfdcbab, full-size random SD1.5
+Hosts: ``a1111`` (AUTOMATIC1111 v1.10.1, tiny checkpoints), ``forge`` (Forge dfdcbab, full-size random SD1.5
 checkpoints from ``tests/webui/full_models.py``, since Forge recognises models by tensor shapes; ready once its API
-answers, because Forge loads the checkpoint at the first generation). ``start forge`` also installs the test-only
-probe extension (``tests/webui/probe``) beside this one; ``--no-probe`` / ``--probe`` override the host's default.
+answers, because Forge loads the checkpoint at the first generation) and ``reforge`` (reForge 3b56b26, the same
+full-size checkpoints; ready once its startup model load is logged). ``start forge`` and ``start reforge`` also install
+the test-only probe extension (``tests/webui/probe``) beside this one; ``--no-probe`` / ``--probe`` override the host's
+default.
 
-Environment: ``VPRED_<HOST>_PORT`` (``VPRED_A1111_PORT``, default 7860; ``VPRED_FORGE_PORT``, default 7861) to run a
-second instance beside the first; ``VPRED_MODELS_DIR`` for the tiny checkpoints (default ``<host>/tiny-models``);
-``VPRED_FULL_MODELS_DIR`` for the full-size ones (default ``<hosts>/full-models``, shared by the hosts that use them).
+Environment: ``VPRED_<HOST>_PORT`` (``VPRED_A1111_PORT``, default 7860; ``VPRED_FORGE_PORT``, default 7861;
+``VPRED_REFORGE_PORT``, default 7863) to run a second instance beside the first; ``VPRED_MODELS_DIR`` for the tiny
+checkpoints (default ``<host>/tiny-models``); ``VPRED_FULL_MODELS_DIR`` for the full-size ones (default ``<hosts>/full-models``, shared by the hosts that use them).
 
 A host is a real, unmodified WebUI at a pinned commit, with the repositories it pins, its own venv (the pinned torch
 2.14.1 / torchvision 0.29.1 pair and the WebUI's ``requirements_versions.txt`` with only the changes listed in
@@ -176,6 +178,8 @@ class Host:
     #: install the test-only probe extension (``tests/webui/probe``) beside this one by default
     probe: bool = False
     env: dict[str, str] = field(default_factory=dict)
+    #: single files taken from another pinned source: (source, path inside it, destination below the host root)
+    files: tuple[tuple[Source, str, str], ...] = ()
 
     def requirements(self, text: str) -> list[str]:
         """The host's ``requirements_versions.txt`` with this project's changes (CRLF-safe), plus the torch pins."""
@@ -262,7 +266,53 @@ FORGE = Host(
     probe=True,
 )
 
-HOSTS = {h.key: h for h in (A1111, FORGE)}
+#: reForge's ``requirements_versions.txt`` installs pydantic 1.10.15 as a wheel from a GitHub release of its own fork
+REFORGE_PYDANTIC_WHEEL = (
+    "https://github.com/Panchovix/pydantic-fixreforge/releases/download/main_v1/pydantic-1.10.15-py3-none-any.whl"
+)
+
+REFORGE = Host(
+    key="reforge",
+    title="Stable Diffusion WebUI reForge (3b56b26)",
+    root=Source(
+        "reforge-webui",
+        "Panchovix/stable-diffusion-webui-reForge",
+        "3b56b268ad9158ee8b30900973b6ccda4ec22241",
+        "a8db6a9a6232a822",
+        "",
+    ),
+    # the five repositories of reForge's launch_utils.py. It pins a stablediffusion fork (joypaul162, f16630a9); the
+    # Stability-AI commit A1111 pins is its upstream and works for SD1.5. openai CLIP is required: reForge's default
+    # sampling imports k_diff.k_diffusion, which imports ``clip``.
+    sources=(*A1111_REPOSITORIES, OPENAI_CLIP),
+    port=7863,
+    launch_args=(
+        "--skip-prepare-environment",
+        "--skip-install",
+        "--always-cpu",
+        "--api",
+        "--skip-version-check",
+        "--no-download-sd-model",
+    ),
+    requirement_edits=(
+        *A1111.requirement_edits,
+        # the same version from PyPI (the machines that build hosts reach PyPI, not GitHub)
+        (REFORGE_PYDANTIC_WHEEL, "pydantic==1.10.15"),
+    ),
+    # reForge loads --ckpt at startup: "Model sd15-eps.safetensors [b146b6f363] loaded in 11.5s (...)." (its
+    # "Loading model sd15-eps.safetensors [b146b6f363] (1 of 1)" comes before the load)
+    ready_marks=("] loaded in ",),
+    failure_marks=("Stable diffusion model failed to load", "Error: Model failed to load"),
+    # reForge recognises checkpoints by tensor shapes (ldm_patched model detection): shrunken models fail to load
+    models="full",
+    startup_checkpoint="sd15-eps.safetensors",
+    probe=True,
+    # live previews (on by default) need the SD1 "Approx NN" decoder, which reForge's tree lacks and would download
+    # at the first generation (offline: HTTP 500); A1111 v1.10.1 ships the same file
+    files=((A1111.root, "models/VAE-approx/model.pt", "models/VAE-approx/model.pt"),),
+)
+
+HOSTS = {h.key: h for h in (A1111, FORGE, REFORGE)}
 
 
 def log(msg: str) -> None:
@@ -358,6 +408,44 @@ def clone(src: Source, dest: Path) -> None:
         tmp.rename(dest)
 
 
+def extract_file(src: Source, path: str, folder: Path, dest: Path) -> None:
+    """Copy one file out of a verified tarball (``<top>/<path>``) to ``dest``."""
+    tarball = folder / src.tarball
+    if not tarball.is_file():
+        raise HostError(f"{tarball} is missing (expected {src.github}@{src.commit}, for its {path})")
+    digest = sha256(tarball)
+    if not digest.startswith(src.sha256_prefix):
+        raise HostError(f"{tarball}: sha256 {digest[:16]} is not the expected {src.sha256_prefix} ({src.github})")
+    with tarfile.open(tarball) as tar:
+        for member in tar:
+            if member.isfile() and member.name.split("/", 1)[-1] == path:
+                data = tar.extractfile(member).read()
+                break
+        else:
+            raise HostError(f"{tarball} has no {path}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(data)
+
+
+def git_file(src: Source, path: str, dest: Path) -> None:
+    """Copy one file of ``src`` at its pinned commit from GitHub (a blobless clone fetches only that file's blob)."""
+    url = f"{os.environ.get('VPRED_GIT_BASE', 'https://github.com').rstrip('/')}/{src.github}.git"
+    with tempfile.TemporaryDirectory() as tmp:
+        run(["git", "clone", "-q", "--filter=blob:none", "--no-checkout", url, tmp])
+        data = subprocess.run(
+            ["git", "-C", tmp, "show", f"{src.commit}:{path}"], check=True, capture_output=True
+        ).stdout
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(data)
+
+
+def fetch_file(src: Source, path: str, folder: Path | None, dest: Path) -> None:
+    if folder is not None:
+        extract_file(src, path, folder, dest)
+    else:
+        git_file(src, path, dest)
+
+
 def fetch_source(src: Source, folder: Path | None, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     if folder is not None:
@@ -368,7 +456,7 @@ def fetch_source(src: Source, folder: Path | None, dest: Path) -> None:
 
 def recipe(host: Host) -> dict:
     """What a finished build was made from; a build whose stamp differs is rebuilt."""
-    return {
+    stamp = {
         "recipe": RECIPE_VERSION,
         "host": host.key,
         "sources": {s.name: s.commit for s in (host.root, *host.sources)},
@@ -377,6 +465,9 @@ def recipe(host: Host) -> dict:
         "torch": list(TORCH_PINS),
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
     }
+    if host.files:  # only where there are any: the stamps of hosts without them stay as they were
+        stamp["files"] = [[src.name, src.commit, path, dest] for src, path, dest in host.files]
+    return stamp
 
 
 def stamp_path(host: Host) -> Path:
@@ -431,6 +522,8 @@ def build(host: Host) -> Path:
         fetch_source(src, folder, dest)
         if src.dest is None:
             piped.append(dest)
+    for src, path, dest_path in host.files:
+        fetch_file(src, path, folder, root / dest_path)
     py_exe = shutil.which("python3.11") or sys.executable
     run([py_exe, "-m", "venv", str(root / "venv")])
     py = root / "venv" / "bin" / "python"

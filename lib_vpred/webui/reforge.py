@@ -16,12 +16,17 @@ reForge keeps the sigma tables and the prediction type. Everything else is share
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 
 from lib_vpred import schedule
 from lib_vpred.webui import patcher
+
+#: reForge's built-in v-space CFG rescale (``extensions-builtin/reForge-RescaleCFG``): its script title; its args are
+#: (enabled, version, multiplier).
+RESCALE_CFG_TITLE = "RescaleCFG for reForge"
 
 #: ``ldm_patched.modules.model_sampling`` classes that are not plain discrete eps/v sampling.
 NOT_DISCRETE = frozenset(
@@ -51,6 +56,14 @@ class ReForge(patcher.PatcherHost):
         by_key = bool(getattr(sd_model, "ztsnr", False))
         return by_key or getattr(opts, "sd_noise_schedule", "Default") == patcher.HOST_ZTSNR_OPTION
 
+    def sampler_facts(self, sampler: Any, opts: Any, p: Any = None) -> Any:
+        """As on A1111, plus reForge's built-in RescaleCFG when it is on for this generation (it compounds)."""
+        facts = super().sampler_facts(sampler, opts, p)
+        found = builtin_rescale_cfg(p) if p is not None else None
+        if found is None:
+            return facts
+        return dataclasses.replace(facts, other_cfg_rescalers=(*facts.other_cfg_rescalers, found))
+
     def stock_alphas(self, sd_model: Any) -> torch.Tensor:
         """The model's original alpha-bar (``alphas_cumprod_original``, else ``alphas_cumprod``), else from the model
         sampling's sigmas."""
@@ -59,6 +72,28 @@ class ReForge(patcher.PatcherHost):
             if isinstance(alphas, torch.Tensor) and alphas.numel() == schedule.NUM_TRAIN_TIMESTEPS:
                 return alphas.detach().to("cpu", torch.float64)
         return schedule.alphas_cumprod_from_sigmas(self.table(sd_model).sigmas.detach().to("cpu", torch.float64))
+
+
+def builtin_rescale_cfg(p: Any) -> str | None:
+    """``"RescaleCFG for reForge: <multiplier>"`` when reForge's built-in RescaleCFG is enabled for ``p``, else None
+    (read from its script arguments: it installs its CFG function in its own ``process_before_every_sampling``)."""
+    runner = getattr(p, "scripts", None)
+    args = getattr(p, "script_args", None) or ()
+    for script in getattr(runner, "alwayson_scripts", None) or ():
+        try:
+            if script.title() != RESCALE_CFG_TITLE:
+                continue
+            mine = list(args[script.args_from : script.args_to])
+        except Exception:
+            return None
+        if len(mine) >= 3 and bool(mine[0]):
+            try:
+                multiplier = float(mine[2])
+            except (TypeError, ValueError):
+                return None
+            return f"{RESCALE_CFG_TITLE}: {multiplier:g}" if multiplier > 0 else None
+        return None
+    return None
 
 
 #: The adapter interface ``scripts/vpred.py`` calls (the same names as ``lib_vpred.webui.hooks`` on A1111).

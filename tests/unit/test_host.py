@@ -129,6 +129,98 @@ def test_forge_launch_and_readiness():
     assert host.HOSTS["forge"] is host.FORGE
 
 
+# reForge 3b56b26's requirements_versions.txt includes pydantic as a wheel from a GitHub release of its own fork
+REFORGE_REQUIREMENTS = (
+    "setuptools==69.5.1  # temp fix for compatibility with some old packages\r\n"
+    "# mediapipe>=0.10.30\r\n"
+    "gradio==3.41.2\r\n"
+    "torch\r\n"
+    "pillow-avif-plugin==1.4.6 \r\n"
+    "https://github.com/Panchovix/pydantic-fixreforge/releases/download/main_v1/pydantic-1.10.15-py3-none-any.whl\r\n"
+    "diffusers==0.32.2\r\n"
+)
+
+
+def test_reforge_requirements_take_pydantic_from_pypi():
+    """reForge: A1111's two edits, and the same pydantic version from PyPI in place of the GitHub wheel."""
+    reqs = host.REFORGE.requirements(REFORGE_REQUIREMENTS)
+    assert reqs == [
+        "setuptools>=77.0.3,<81",
+        "# mediapipe>=0.10.30",
+        "gradio==3.41.2",
+        "pillow-avif-plugin==1.4.6",
+        "pydantic==1.10.15",
+        "diffusers==0.32.2",
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+    ]
+    assert not any("github.com" in r for r in reqs)
+    assert host.REFORGE_PYDANTIC_WHEEL.endswith("/pydantic-1.10.15-py3-none-any.whl")
+
+
+def test_reforge_sources_and_recipe():
+    """The five repositories of reForge's launch_utils.py (stablediffusion at the upstream commit A1111 pins, since
+    reForge's fork is not available) plus openai CLIP, and A1111's VAE-approx decoder for live previews."""
+    commits = {s.name: s.commit for s in (host.REFORGE.root, *host.REFORGE.sources)}
+    assert commits == {
+        "reforge-webui": "3b56b268ad9158ee8b30900973b6ccda4ec22241",
+        "stable-diffusion-webui-assets": "6f7db241d2f8ba7457bac5ca9753331f0c266917",
+        "stable-diffusion-stability-ai": "cf1d67a6fd5ea1aa600c4df58e5b47da45f6bdbf",
+        "generative-models": "45c443b316737a4ab6e40413d7794a7f5657c19f",
+        "k-diffusion": "ab527a9a6d347f364e3d185ba6d714e22d80cb3c",
+        "BLIP": "48211a1594f1321b00f14c9f7a5b4813144b2fb9",
+        "openai-clip": "d50d76daa670286dd6cacf3bcd80b5e4823fc8e1",
+    }
+    assert [s.dest for s in host.REFORGE.sources if s.dest is None] == [None]  # clip: pip-installed
+    ((src, path, dest),) = host.REFORGE.files
+    assert src is host.A1111.root
+    assert path == dest == "models/VAE-approx/model.pt"
+    recipe = host.recipe(host.REFORGE)
+    assert recipe["host"] == "reforge"
+    assert recipe["sources"] == commits
+    assert recipe["edits"][-1] == [host.REFORGE_PYDANTIC_WHEEL, "pydantic==1.10.15"]
+    assert recipe["files"] == [["a1111-webui", host.A1111.root.commit, path, dest]]
+    assert "files" not in host.recipe(host.A1111)
+    assert "files" not in host.recipe(host.FORGE)
+
+
+def test_reforge_launch_and_readiness():
+    """reForge loads --ckpt at startup ("Model sd15-eps.safetensors [hash] loaded in ..."), runs the full-size
+    checkpoints shared with Forge, on its own port, with the probe."""
+    r = host.REFORGE
+    assert r.ready_marks == ("] loaded in ",)
+    assert "Stable diffusion model failed to load" in r.failure_marks
+    assert r.models == "full"
+    assert r.startup_checkpoint == "sd15-eps.safetensors"
+    assert r.probe
+    assert r.allow_root_flag is None  # gradio 3.41, like A1111
+    assert len({h.port for h in host.HOSTS.values()}) == len(host.HOSTS)
+    assert r.port == 7863
+    for arg in ("--skip-prepare-environment", "--skip-install", "--always-cpu", "--api", "--no-download-sd-model"):
+        assert arg in r.launch_args
+    assert "--use-cpu" not in r.launch_args  # parsed but unused by reForge
+    assert host.HOSTS["reforge"] is r
+    log = "Loading model sd15-eps.safetensors [b146b6f363] (1 of 1)\nLoading weights [b146b6f363] from x.safetensors\n"
+    assert not any(m in log for m in r.ready_marks)  # both come before the load
+    log += "Model sd15-eps.safetensors [b146b6f363] loaded in 11.5s (load weights from disk: 0.1s).\n"
+    assert any(m in log for m in r.ready_marks)
+
+
+def test_single_files_come_from_a_verified_tarball(tmp_path):
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    digest = _tarball(sources, "web", "c" * 40, {"models/VAE-approx/model.pt": b"weights", "README": b"x"})
+    src = host.Source("web", "someone/web", "c" * 40, digest[:16], "")
+    dest = tmp_path / "host" / "models" / "VAE-approx" / "model.pt"
+    host.fetch_file(src, "models/VAE-approx/model.pt", sources, dest)
+    assert dest.read_bytes() == b"weights"
+    with pytest.raises(host.HostError, match="has no"):
+        host.extract_file(src, "models/other.pt", sources, tmp_path / "other")
+    bad = host.Source("web", "someone/web", "c" * 40, "0" * 16, "")
+    with pytest.raises(host.HostError, match="sha256"):
+        host.extract_file(bad, "README", sources, tmp_path / "other")
+
+
 def test_port_and_model_folders_follow_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("VPRED_HOSTS_DIR", str(tmp_path / "hosts"))
     monkeypatch.delenv("VPRED_FORGE_PORT", raising=False)

@@ -36,8 +36,13 @@ def require_forge() -> None:
 
 def call(path: str, body: dict[str, Any] | None = None, base: str | None = None) -> tuple[int, Any]:
     """GET (no body) or POST JSON to the Forge at ``base`` (default ``VPRED_FORGE_URL``): (status, decoded answer)."""
+    return request(base or URL, path, body)
+
+
+def request(base: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    """GET (no body) or POST JSON to ``base + path``: (HTTP status, decoded JSON or text). Shared with reForge."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request((base or URL) + path, data=data, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
             return response.status, json.loads(response.read() or b"null")

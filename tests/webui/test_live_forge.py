@@ -320,7 +320,11 @@ def test_and_prompts_rescale_against_the_sum_of_the_sub_prompts():
 def test_forges_own_ztsnr_option_is_used_once_and_recorded():
     """Forge's "Zero Terminal SNR" noise schedule swaps its own table in around sampling: the extension sees a ZTSNR
     table, installs none of its own, and the schedule is still the trailing ZTSNR one (not rescaled twice)."""
-    out, probe = generate(V, steps=10, override_settings_extra={"sd_noise_schedule": "Zero Terminal SNR"})
+    try:
+        out, probe = generate(V, steps=10, override_settings_extra={"sd_noise_schedule": "Zero Terminal SNR"})
+    finally:
+        # the WebUI restores only overridden options its config file holds: put it back ourselves
+        call("/sdapi/v1/options", {"sd_noise_schedule": "Default"})
     ts = [c["t"][0] for c in probe["calls"]]
     assert ts == [float(t) for t in trailing(10)], ts
     assert math.isclose(probe["calls"][0]["sigma"][0], ZTSNR_SIGMA_MAX, abs_tol=0.01)

@@ -1,4 +1,4 @@
-"""vpred-probe: a test-only WebUI extension that records what the sampler did in the last generation (Forge only).
+"""vpred-probe: a test-only WebUI extension that records what the sampler did in the last generation (Forge, reForge).
 
 Installed by ``tools/host.py start forge`` beside sd-webui-vpred (``--no-probe`` leaves it out). It never changes a
 result: it wraps Forge's ``backend.sampling.sampling_function.sampling_function_inner`` (every UNet evaluation of a
@@ -28,8 +28,22 @@ HTTP (added with ``script_callbacks.on_app_started``):
 "post_cfg_functions", "pre_cfg_functions", "has_model_function_wrapper", "tensors": null | {"x", "cond_pred",
 "uncond_pred", "result"}}``, each tensor ``{"shape": [...], "dtype": "float32", "b64": little-endian float32}``.
 
-On hosts other than Forge (A1111) the probe is a no-op: the route answers ``"supported": false`` and nothing is
-wrapped.
+reForge (``"host": "reforge"``): its ComfyUI-derived ``ldm_patched`` backend combines CFG in
+``ldm_patched.modules.samplers.cfg_function(model, cond_pred, uncond_pred, cond_scale, x, timestep, model_options,
+cond, uncond)``, called once per model call by ``sampling_function`` (which the WebUI's ``CFGDenoiser.forward`` calls,
+with ``timestep`` = the sigma) after the UNet evaluations of ``calc_cond_batch`` and any pre-CFG function. The probe
+replaces that module global with a function that takes the chosen calls' input tensors (copies, before the call),
+calls the original with the same arguments and returns its result unchanged. ``t`` is
+``model.model_sampling.timestep(sigma)``, what ``BaseModel._apply_model`` gives the UNet; ``prediction_type`` is read
+from the model sampling's class (``"epsilon"``, ``"v_prediction"``, ...). ``sigmas_*`` is reForge's own table
+(``p.sd_model.forge_objects.unet.model.model_sampling.sigmas``, the one that maps sigma to the UNet's timestep);
+reForge also keeps the A1111-style table that gives the sampler its sigma schedule, recorded as
+``wrapper_sigmas_before`` / ``wrapper_sigmas_during`` / ``wrapper_sigmas_after`` (same table format): during, the
+k-diffusion wrapper's ``p.sampler.model_wrap.sigmas`` (``"wrapper": "model_wrap.sigmas"``), or for the timestep
+samplers (DDIM...), which read ``sd_model.alphas_cumprod`` directly, and before and after,
+``sqrt((1 - alphas_cumprod) / alphas_cumprod)`` of ``p.sd_model.alphas_cumprod`` (``"wrapper": "alphas_cumprod"``).
+
+On other hosts (A1111) the probe is a no-op: the route answers ``"supported": false`` and nothing is wrapped.
 """
 
 from __future__ import annotations
@@ -45,13 +59,24 @@ try:  # Forge's backend
 except ImportError:  # A1111 and others: a no-op
     _sf = None
 
+_ldm = None
+if _sf is None:
+    try:  # reForge's ldm_patched backend
+        from ldm_patched.modules import samplers as _ldm
+    except ImportError:
+        _ldm = None
+    if _ldm is not None and not hasattr(_ldm, "cfg_function"):  # an ldm_patched without the CFG function of reForge
+        _ldm = None
+
+HOST = "forge" if _sf is not None else "reforge" if _ldm is not None else "other"
+
 _LOCK = threading.Lock()
 _STATE: dict = {"capture": [0], "generations": 0}
 _RECORD: dict = {}
 
 
 def _new_record() -> dict:
-    return {
+    record = {
         "passes": 0,
         "prediction_type": None,
         "sigmas_before": None,
@@ -59,6 +84,9 @@ def _new_record() -> dict:
         "sigmas_after": None,
         "calls": [],
     }
+    if HOST == "reforge":  # its second, A1111-style table
+        record.update(wrapper=None, wrapper_sigmas_before=None, wrapper_sigmas_during=None, wrapper_sigmas_after=None)
+    return record
 
 
 def _tensor(t) -> dict:
@@ -67,7 +95,10 @@ def _tensor(t) -> dict:
 
 
 def _table(predictor) -> dict | None:
-    sigmas = getattr(predictor, "sigmas", None)
+    return _table_of(getattr(predictor, "sigmas", None))
+
+
+def _table_of(sigmas) -> dict | None:
     if sigmas is None:
         return None
     s = sigmas.detach().float().cpu().contiguous()
@@ -148,6 +179,136 @@ if _sf is not None:
     _sf.sampling_function_inner = _probe_inner
 
 
+# --- reForge ---------------------------------------------------------------------------------------------------
+
+if _ldm is not None and not hasattr(_ldm, "_vpred_probe_original_cfg"):
+    _ldm._vpred_probe_original_cfg = _ldm.cfg_function
+_original_cfg = getattr(_ldm, "_vpred_probe_original_cfg", None)
+
+
+def _reforge_model_sampling(p):
+    try:
+        return p.sd_model.forge_objects.unet.model.model_sampling
+    except AttributeError:
+        return None
+
+
+def _reforge_prediction_type(model_sampling) -> str | None:
+    from ldm_patched.modules import model_sampling as ms
+
+    for name, kind in (("edm", "EDM"), ("v_prediction", "V_PREDICTION"), ("const", "CONST"), ("epsilon", "EPS")):
+        cls = getattr(ms, kind, None)
+        if cls is not None and isinstance(model_sampling, cls):
+            return name
+    return type(model_sampling).__name__ if model_sampling is not None else None
+
+
+def _alphas_table(p) -> dict | None:
+    """The A1111-style table, from ``p.sd_model.alphas_cumprod`` as the k-diffusion wrapper computes it."""
+    import torch
+
+    acp = getattr(getattr(p, "sd_model", None), "alphas_cumprod", None)
+    if acp is None:
+        return None
+    with torch.no_grad():
+        return _table_of(((1 - acp) / acp) ** 0.5)
+
+
+def _wrapper_table(p) -> tuple[str, dict | None]:
+    """The table the current pass's sampler takes its sigma schedule from."""
+    wrap = getattr(getattr(p, "sampler", None), "model_wrap", None)
+    sigmas = getattr(wrap, "sigmas", None)
+    if sigmas is not None:
+        return "model_wrap.sigmas", _table_of(sigmas)
+    return "alphas_cumprod", _alphas_table(p)
+
+
+def _probe_cfg(model, cond_pred, uncond_pred, cond_scale, x, timestep, model_options={}, cond=None, uncond=None):  # noqa: B006 (the original's signature)
+    tensors = None
+    try:
+        with _LOCK:
+            index = len(_RECORD.get("calls", []))
+        if _wants(index):  # copies of the inputs, before a CFG function could touch them
+            tensors = {
+                "x": _tensor(x),
+                "cond_pred": _tensor(cond_pred),
+                "uncond_pred": _tensor(uncond_pred) if uncond_pred is not None else None,
+            }
+    except Exception as e:  # a probe failure must never break a generation
+        with _LOCK:
+            _RECORD.setdefault("errors", []).append(repr(e))
+    result = _original_cfg(
+        model, cond_pred, uncond_pred, cond_scale, x, timestep, model_options=model_options, cond=cond, uncond=uncond
+    )
+    try:
+        _record_reforge_call(model, timestep, cond_scale, model_options, tensors, result)
+    except Exception as e:
+        with _LOCK:
+            _RECORD.setdefault("errors", []).append(repr(e))
+    return result
+
+
+def _record_reforge_call(model, timestep, cond_scale, model_options, tensors, result) -> None:
+    import torch
+
+    model_sampling = getattr(model, "model_sampling", None)
+    with torch.no_grad():
+        sigma = timestep.detach().float().cpu().reshape(-1)
+        t = (
+            model_sampling.timestep(timestep).detach().float().cpu().reshape(-1)
+            if model_sampling is not None
+            else None
+        )
+    with _LOCK:
+        calls = _RECORD.setdefault("calls", [])
+        index = len(calls)
+        if index == 0:
+            if model_sampling is not None:
+                _RECORD["sigmas_during"] = _table(model_sampling)
+            p = _STATE.get("p")
+            if p is not None:
+                _RECORD["wrapper"], _RECORD["wrapper_sigmas_during"] = _wrapper_table(p)
+        call = {
+            "index": index,
+            "pass": _RECORD.get("passes", 0),
+            "sigma": sigma.tolist(),
+            "t": t.tolist() if t is not None else None,
+            "cond_scale": float(cond_scale),
+            "has_cfg_function": "sampler_cfg_function" in model_options,
+            "post_cfg_functions": len(model_options.get("sampler_post_cfg_function", [])),
+            "pre_cfg_functions": len(model_options.get("sampler_pre_cfg_function", [])),
+            "has_model_function_wrapper": "model_function_wrapper" in model_options,
+            "tensors": None,
+        }
+        if tensors is not None:
+            call["tensors"] = {**tensors, "result": _tensor(result)}
+        calls.append(call)
+
+
+if _ldm is not None:
+    _ldm.cfg_function = _probe_cfg
+
+
+def _reforge_process(p) -> None:
+    model_sampling = _reforge_model_sampling(p)
+    with _LOCK:
+        _RECORD.clear()
+        _RECORD.update(_new_record())
+        _STATE["generations"] += 1
+        _STATE["p"] = p
+        _RECORD["prediction_type"] = _reforge_prediction_type(model_sampling)
+        _RECORD["sigmas_before"] = _table(model_sampling) if model_sampling is not None else None
+        _RECORD["wrapper_sigmas_before"] = _alphas_table(p)
+
+
+def _reforge_postprocess(p) -> None:
+    model_sampling = _reforge_model_sampling(p)
+    with _LOCK:
+        _STATE.pop("p", None)
+        _RECORD["sigmas_after"] = _table(model_sampling) if model_sampling is not None else None
+        _RECORD["wrapper_sigmas_after"] = _alphas_table(p)
+
+
 class VPredProbe(scripts.Script):
     """Marks generation boundaries and reads the sigma table around them; no UI, no arguments."""
 
@@ -161,6 +322,9 @@ class VPredProbe(scripts.Script):
         return []
 
     def process(self, p, *args):
+        if _ldm is not None:
+            _reforge_process(p)
+            return
         if _sf is None:
             return
         predictor = _predictor(p)
@@ -172,12 +336,15 @@ class VPredProbe(scripts.Script):
             _RECORD["sigmas_before"] = _table(predictor) if predictor is not None else None
 
     def process_before_every_sampling(self, p, *args, **kwargs):
-        if _sf is None:
+        if _sf is None and _ldm is None:
             return
         with _LOCK:
             _RECORD["passes"] = _RECORD.get("passes", 0) + 1
 
     def postprocess(self, p, processed, *args):
+        if _ldm is not None:
+            _reforge_postprocess(p)
+            return
         if _sf is None:
             return
         predictor = _predictor(p)
@@ -191,8 +358,8 @@ def _last() -> dict:
         record["calls"] = list(record.get("calls", []))
         return {
             "probe": 1,
-            "supported": _sf is not None,
-            "host": "forge" if _sf is not None else "other",
+            "supported": HOST != "other",
+            "host": HOST,
             "generations": _STATE["generations"],
             "capture": _STATE["capture"],
             **record,
