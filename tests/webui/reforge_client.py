@@ -30,5 +30,6 @@ def require_reforge() -> None:
     pytest.skip(SKIP_REASON, allow_module_level=True)
 
 
-def call(path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    return request(URL, path, body)
+def call(path: str, body: dict[str, Any] | None = None, base: str | None = None) -> tuple[int, Any]:
+    """GET (no body) or POST JSON to the reForge at ``base`` (default ``VPRED_REFORGE_URL``)."""
+    return request(base or URL, path, body)
