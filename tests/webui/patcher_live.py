@@ -171,8 +171,9 @@ class PatcherLiveChecks:
             assert math.isclose(c["sigma"][0], ztsnr_sigma(t), rel_tol=1e-4), (c["sigma"][0], t, ztsnr_sigma(t))
 
     @pytest.fixture(scope="class")
-    def euler_v(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        return self.generate(V, steps=10, capture=(0, 5))
+    @classmethod
+    def euler_v(cls) -> tuple[dict[str, Any], dict[str, Any]]:
+        return cls().generate(V, steps=10, capture=(0, 5))
 
     # tests
 
@@ -249,8 +250,8 @@ class PatcherLiveChecks:
         self.assert_stock_after(probe)
         assert "VPred spacing: trailing" in infotext(out)
 
-    def test_img2img_half_strength_starts_midway_and_hires_runs_two_passes(self):
-        txt, _ = self.generate(V, steps=10)
+    def test_img2img_half_strength_starts_midway_and_hires_runs_two_passes(self, euler_v):
+        txt, _ = euler_v
         _, probe = self.generate(V, kind="img2img", steps=10, init_images=[txt["images"][0]], denoising_strength=0.5)
         ts = [c["t"][0] for c in probe["calls"]]
         assert 499 <= ts[0] <= 599, ts  # the WebUI's img2img convention: t_enc + 1 trailing steps
@@ -278,16 +279,6 @@ class PatcherLiveChecks:
         assert all(c["post_cfg_functions"] <= 1 for c in probe["calls"])  # the hook ran twice: installed once
         self.assert_stock_after(probe)
         assert "VPred spacing: trailing" in infotext(out)
-
-    def test_eps_twin_is_unchanged_and_byte_identical_enabled_or_disabled(self):
-        enabled, probe = self.generate(EPS, steps=4)
-        disabled, probe_off = self.generate(EPS, [False], steps=4)
-        assert pixels(enabled) == pixels(disabled)
-        for p in (probe, probe_off):
-            assert p["prediction_type"] == self.eps_name
-            assert all(c["post_cfg_functions"] == 0 for c in p["calls"])
-            assert p["sigmas_during"] == p["sigmas_before"] == p["sigmas_after"]
-        assert "VPred" not in infotext(enabled)
 
     def test_an_interrupted_generation_leaves_the_stock_table(self):
         done: dict[str, Any] = {}
@@ -329,17 +320,31 @@ class PatcherLiveChecks:
         """The host's "Zero Terminal SNR" noise schedule swaps its own table in around sampling: the extension sees a
         ZTSNR table, installs none of its own, and the schedule is the trailing ZTSNR one (not rescaled twice)."""
         try:
-            out, probe = self.generate(V, steps=10, override_settings_extra={"sd_noise_schedule": "Zero Terminal SNR"})
+            out, probe = self.generate(V, steps=4, override_settings_extra={"sd_noise_schedule": "Zero Terminal SNR"})
         finally:
             # the WebUI restores only overridden options its config file holds: put it back ourselves
             self.call("/sdapi/v1/options", {"sd_noise_schedule": "Default"})
-        self.assert_trailing_ztsnr(probe, 10)
+        self.assert_trailing_ztsnr(probe, 4)
         assert "VPred ZTSNR: built-in" in infotext(out), infotext(out)
         self.assert_stock_after(probe)
+
+    def test_eps_twin_is_unchanged_and_byte_identical_enabled_or_disabled(self):
+        enabled, probe = self.generate(EPS, steps=4)
+        disabled, probe_off = self.generate(EPS, [False], steps=4)
+        assert pixels(enabled) == pixels(disabled)
+        for p in (probe, probe_off):
+            assert p["prediction_type"] == self.eps_name
+            assert all(c["post_cfg_functions"] == 0 for c in p["calls"])
+            assert p["sigmas_during"] == p["sigmas_before"] == p["sigmas_after"]
+        assert "VPred" not in infotext(enabled)
 
     def test_eps_twin_is_byte_identical_to_the_host_without_the_extension(self):
         """The literal baseline: a second instance started without sd-webui-vpred (``tools/host.py start HOST
         --no-extension`` on another port) gives the same pixels for the eps twin as this one with the extension."""
+        if not self.baseline_instance:
+            pytest.skip(
+                f"no second {self.host_key} instance (baseline_instance = False): see the enabled/disabled test"
+            )
         env = {**os.environ, self.port_env: os.environ.get("VPRED_BASELINE_PORT", "7869")}
         host = [sys.executable, str(REPO / "tools" / "host.py")]
         started = subprocess.run(
