@@ -8,8 +8,9 @@
 #   bash tools/dev.sh screenshot   # regenerate docs/panel.png and docs/panel-open.png from the real page (starts the host if needed)
 # `test` also runs the live and browser tiers against a real WebUI when VPRED_LIVE says so (default: on under CI=true
 # or when ../shared/hosts exists; VPRED_LIVE=1 builds from GitHub; VPRED_LIVE=0 turns them off): it builds the host
-# (first time only), starts it, runs pytest and stops it; the same for Forge (VPRED_FORGE=0 leaves Forge out outside
-# CI). Under CI a host that cannot be built or started fails the run.
+# (first time only), starts it, runs pytest and stops it; then the same for Forge and for reForge, one at a time, with
+# their own test files (VPRED_FORGE=0 / VPRED_REFORGE=0 leave them out outside CI). Under CI a host that cannot be
+# built or started fails the run.
 # The environment is re-created when requirements-*.txt change (requirements-lock.txt pins every transitive package).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,38 +75,48 @@ start_live_tier() {
   fi
   ensure_chromium
   "$VENV/bin/python" tools/host.py build a1111
-  trap stop_hosts EXIT
   HOSTS_STARTED+=(a1111)
+  A1111_STARTED=1
   VPRED_WEBUI_URL=$("$VENV/bin/python" tools/host.py start a1111)
   VPRED_WEBUI_LOG=$("$VENV/bin/python" tools/host.py log a1111)
   export VPRED_WEBUI_URL VPRED_WEBUI_LOG VPRED_REQUIRE_LIVE=1
-  start_forge
 }
 
-forge_enabled() {
-  case "${VPRED_FORGE:-auto}" in
+host_enabled() {
+  # VPRED_FORGE=0 / VPRED_REFORGE=0 leave a host out outside CI; under CI every host runs
+  local var
+  var="VPRED_$(echo "$1" | tr '[:lower:]' '[:upper:]')"
+  [ "${CI:-}" = "true" ] && return 0
+  case "${!var:-auto}" in
     0 | off | no | false) return 1 ;;
   esac
   return 0
 }
 
-start_forge() {
-  # Forge's live and browser tiers (tests/webui/test_live_forge*.py, tests/browser/test_forge_browser.py): a real
-  # Forge with full-size random SD1.5 twins (about 7 GB of memory while it runs). VPRED_FORGE=0 leaves it out
-  # outside CI; under CI it always runs, and a Forge that cannot be built or started fails the run.
-  if [ -n "${VPRED_FORGE_URL:-}" ]; then
-    echo "[dev] Forge tier: using the Forge at $VPRED_FORGE_URL" >&2
-    export VPRED_REQUIRE_FORGE=1
+patcher_tier() {
+  # Forge's and reForge's live and browser tiers, one host at a time (each holds a full-size SD1.5 model, about
+  # 7 GB): build it (first time only), start it, run its test files, stop it. A URL given in the environment means
+  # the main pytest run already had that host.
+  local key=$1 urlvar=$2 requirevar=$3
+  shift 3
+  [ -n "${!urlvar:-}" ] && return 0
+  live_enabled || return 0
+  if ! host_enabled "$key"; then
+    echo "[dev] $key tier off ($(echo "VPRED_$key" | tr '[:lower:]' '[:upper:]')=0)" >&2
     return 0
   fi
-  if [ "${CI:-}" != "true" ] && ! forge_enabled; then
-    echo "[dev] Forge tier off (VPRED_FORGE=0)" >&2
-    return 0
-  fi
-  "$VENV/bin/python" tools/host.py build forge
-  HOSTS_STARTED+=(forge)
-  VPRED_FORGE_URL=$("$VENV/bin/python" tools/host.py start forge)
-  export VPRED_FORGE_URL VPRED_REQUIRE_FORGE=1
+  "$VENV/bin/python" tools/host.py build "$key"
+  HOSTS_STARTED+=("$key")
+  local url
+  url=$("$VENV/bin/python" tools/host.py start "$key")
+  env "$urlvar=$url" "$requirevar=1" VPRED_REQUIRE_LIVE=1 "$VENV/bin/python" -m pytest "$@"
+  "$VENV/bin/python" tools/host.py stop "$key"
+}
+
+A1111_STARTED=0
+stop_a1111() {
+  # free the memory before the patcher hosts start (the trap still stops anything left)
+  if [ "$A1111_STARTED" = 1 ]; then "$VENV/bin/python" tools/host.py stop a1111 || true; fi
 }
 
 cmd=${1:-test}
@@ -117,8 +128,18 @@ case "$cmd" in
     setup
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .
+    trap stop_hosts EXIT
     start_live_tier
     "$VENV/bin/python" -m pytest "$@"
+    stop_a1111
+    if [ $# -gt 0 ]; then
+      echo "[dev] pytest arguments given: the Forge and reForge tiers are not run (run without arguments for all)" >&2
+    else
+      patcher_tier forge VPRED_FORGE_URL VPRED_REQUIRE_FORGE \
+        tests/webui/test_live_forge.py tests/webui/test_live_forge_native.py tests/browser/test_forge_browser.py
+      patcher_tier reforge VPRED_REFORGE_URL VPRED_REQUIRE_REFORGE \
+        tests/webui/test_live_reforge.py tests/webui/test_live_reforge_native.py
+    fi
     ;;
   host) setup; "$VENV/bin/python" tools/host.py build "${1:-a1111}" ;;
   screenshot)
