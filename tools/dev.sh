@@ -95,11 +95,15 @@ host_enabled() {
 
 patcher_tier() {
   # Forge's and reForge's live and browser tiers, one host at a time (each holds a full-size SD1.5 model, about
-  # 7 GB): build it (first time only), start it, run its test files, stop it. A URL given in the environment means
-  # the main pytest run already had that host.
+  # 7 GB): build it (first time only), start it, run its test files, stop it. A URL given in the environment is used
+  # instead of starting one.
   local key=$1 urlvar=$2 requirevar=$3
   shift 3
-  [ -n "${!urlvar:-}" ] && return 0
+  if [ -n "${!urlvar:-}" ]; then
+    echo "[dev] $key tier: using the host at ${!urlvar}" >&2
+    env "$requirevar=1" VPRED_REQUIRE_LIVE=1 "$VENV/bin/python" -m pytest "$@"
+    return 0
+  fi
   live_enabled || return 0
   if ! host_enabled "$key"; then
     echo "[dev] $key tier off ($(echo "VPRED_$key" | tr '[:lower:]' '[:upper:]')=0)" >&2
@@ -112,6 +116,10 @@ patcher_tier() {
   env "$urlvar=$url" "$requirevar=1" VPRED_REQUIRE_LIVE=1 "$VENV/bin/python" -m pytest "$@"
   "$VENV/bin/python" tools/host.py stop "$key"
 }
+
+FORGE_FILES=(tests/webui/test_live_forge.py tests/webui/test_live_forge_native.py tests/browser/test_forge_browser.py)
+REFORGE_FILES=(tests/webui/test_live_reforge.py tests/webui/test_live_reforge_native.py)
+PATCHER_FILES=("${FORGE_FILES[@]}" "${REFORGE_FILES[@]}")
 
 A1111_STARTED=0
 stop_a1111() {
@@ -130,15 +138,18 @@ case "$cmd" in
     "$VENV/bin/ruff" format --check .
     trap stop_hosts EXIT
     start_live_tier
-    "$VENV/bin/python" -m pytest "$@"
+    if [ $# -gt 0 ]; then
+      "$VENV/bin/python" -m pytest "$@"
+    else
+      # the Forge and reForge files run below, each with its host
+      "$VENV/bin/python" -m pytest "${PATCHER_FILES[@]/#/--ignore=}"
+    fi
     stop_a1111
     if [ $# -gt 0 ]; then
       echo "[dev] pytest arguments given: the Forge and reForge tiers are not run (run without arguments for all)" >&2
     else
-      patcher_tier forge VPRED_FORGE_URL VPRED_REQUIRE_FORGE \
-        tests/webui/test_live_forge.py tests/webui/test_live_forge_native.py tests/browser/test_forge_browser.py
-      patcher_tier reforge VPRED_REFORGE_URL VPRED_REQUIRE_REFORGE \
-        tests/webui/test_live_reforge.py tests/webui/test_live_reforge_native.py
+      patcher_tier forge VPRED_FORGE_URL VPRED_REQUIRE_FORGE "${FORGE_FILES[@]}"
+      patcher_tier reforge VPRED_REFORGE_URL VPRED_REQUIRE_REFORGE "${REFORGE_FILES[@]}"
     fi
     ;;
   host) setup; "$VENV/bin/python" tools/host.py build "${1:-a1111}" ;;
