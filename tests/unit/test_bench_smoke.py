@@ -76,3 +76,33 @@ def test_bench_detection_quick_runs_and_prints_its_table(tmp_path):
     assert "detect_checkpoint" in out
     assert "load_file" in out
     assert list(tmp_path.iterdir()) == []  # its multi-MB file is removed again
+
+
+@pytest.mark.slow
+def test_bench_trained_quick_runs_on_the_committed_weights(tmp_path):
+    import csv
+    import math
+
+    out = _quick("bench_trained.py", "--out", str(tmp_path))
+    assert "TRAINED reference models" in out
+    assert "(quick: not representative)" in out
+    with (tmp_path / "trained.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    # the data floor, then per sampler: the eps twin at CFG 1 and every schedule of the v model at (1, -), (7.5, 0.7)
+    assert rows[0]["model"] == "data"
+    grid = rows[1:]
+    samplers = ("Euler", "Euler a", "DPM++ 2M", "DPM++ 2M SDE", "DPM++ SDE", "Heun", "LMS", "DDIM", "UniPC")
+    assert {r["sampler"] for r in grid} == set(samplers)
+    schedules = {s: 3 if s in ("DDIM", "UniPC") else 6 for s in samplers}
+    assert len(grid) == sum(1 + 2 * n for n in schedules.values())
+    for s in samplers:
+        eps = [r for r in grid if r["sampler"] == s and r["model"] == "eps_stock"]
+        assert [(r["schedule"], r["cfg"]) for r in eps] == [("stock", "1.0")]
+        v = [r for r in grid if r["sampler"] == s and r["model"] == "vpred_ztsnr"]
+        assert len(v) == 2 * schedules[s]
+        assert "trailing" in {r["schedule"] for r in v}
+    for r in rows:
+        for k in ("bstd", "dark", "bright", "low", "mid", "high", "swd"):
+            assert math.isfinite(float(r[k])), (r["sampler"], r["schedule"], k)
+    for name in ("trained_10steps.png", "trained_samples.png", "trained_loss.png"):
+        assert (tmp_path / name).exists()
