@@ -263,6 +263,23 @@ class PatcherLiveChecks:
         self.assert_stock_after(probe)
         assert "VPred spacing: trailing" in infotext(out)
 
+    @pytest.mark.parametrize(("sampler", "calls"), [("PLMS", 4), ("UniPC", 4)])
+    def test_plms_and_unipc_start_at_t999_in_v_form(self, sampler, calls):
+        """The other timestep samplers through the same v loop: the first call at t = 999 (σ 4518.76), the sampler's
+        σ and the UNet's t agree on every call, finite results, the stock table afterwards. ``steps`` model calls for
+        both, as on A1111 (PLMS spends two of them on its first, Heun-like step: t = 999, 666, 666, 332)."""
+        out, probe = self.generate(V, steps=4, sampler_name=sampler, capture="all")
+        ts = [c["t"][0] for c in probe["calls"]]
+        assert len(ts) == calls, ts
+        assert ts[0] == 999.0, ts
+        assert math.isclose(probe["calls"][0]["sigma"][0], ZTSNR_SIGMA_MAX, abs_tol=0.01)
+        for c in probe["calls"]:
+            t = int(c["t"][0])
+            assert math.isclose(c["sigma"][0], ztsnr_sigma(t), rel_tol=1e-3), (c["sigma"][0], t)
+            assert torch.isfinite(as_tensor(c["tensors"]["result"])).all()
+        self.assert_stock_after(probe)
+        assert "VPred spacing: trailing" in infotext(out)
+
     def test_img2img_half_strength_starts_midway_and_hires_runs_two_passes(self, euler_v):
         txt, _ = euler_v
         _, probe = self.generate(V, kind="img2img", steps=10, init_images=[txt["images"][0]], denoising_strength=0.5)
