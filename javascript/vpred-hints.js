@@ -11,7 +11,7 @@
         "enabled": "Turn the extension on or off. On, it changes only v-prediction checkpoints; eps checkpoints are left exactly as they are. Folding the panel away does not turn it off.",
         "prediction": "Leave at Auto: the checkpoint's YAML file, keys and metadata tell. Pick v-prediction or eps only when a checkpoint is detected wrongly (its images come out grey, noisy or burnt).",
         "ztsnr": "Leave at Auto: on for v-prediction checkpoints trained for it (SD1 ones such as fluffyrock), off for SD2 768-v. Pick On when a checkpoint's model card says 'zero terminal SNR' but the status does not; Off to compare.",
-        "spacing": "Trailing (recommended): the first step starts from pure noise, so very dark and very bright images work. Schedule type: use the WebUI's Schedule type instead (Karras is fine with DPM++ samplers).",
+        "spacing": "Auto (recommended): the first step starts from pure noise, so very dark and very bright images work; the steps then follow what measured best for the sampler (trailing, or for DPM++ 2M and LMS log-even down to the smallest noise). Trailing: trailing steps with every sampler. Schedule type: the WebUI's Schedule type decides.",
         "cfg_rescale": "Tames the burnt, over-saturated look of high CFG scales on v-prediction checkpoints. 0.7 suits CFG 7; lower it (0.2-0.4) if colours look washed out; 0 turns it off.",
         "refresh": "Re-read the loaded checkpoint. Not needed normally: the panel updates by itself when the page loads, the checkpoint changes or a setting changes."
     } /* vpred-hints:end */;

@@ -91,7 +91,8 @@ class Param:
 
 PREDICTION_CHOICES = ("Auto", "v-prediction", "eps")
 ZTSNR_CHOICES = ("Auto", "On", "Off")
-SPACING_CHOICES = ("Trailing", "Schedule type")
+#: "Auto" came after "Trailing" and "Schedule type" (values are matched by name, so the order here is display only).
+SPACING_CHOICES = ("Auto", "Trailing", "Schedule type")
 
 #: The parameter table. ORDER IS THE POSITIONAL API FORMAT: append new parameters at the end, never reorder.
 PARAMS: tuple[Param, ...] = (
@@ -127,11 +128,12 @@ PARAMS: tuple[Param, ...] = (
     Param(
         "spacing",
         str,
-        "Trailing",
+        "Auto",
         "Timestep spacing",
         "VPred spacing",
-        "Trailing (recommended): the first step starts from pure noise, so very dark and very bright images work. "
-        "Schedule type: use the WebUI's Schedule type instead (Karras is fine with DPM++ samplers).",
+        "Auto (recommended): the first step starts from pure noise, so very dark and very bright images work; the "
+        "steps then follow what measured best for the sampler (trailing, or for DPM++ 2M and LMS log-even down to the "
+        "smallest noise). Trailing: trailing steps with every sampler. Schedule type: the WebUI's Schedule type decides.",
         choices=SPACING_CHOICES,
     ),
     Param(
@@ -160,7 +162,7 @@ class VPredParams:
     enabled: bool = True
     prediction: str = "Auto"
     ztsnr: str = "Auto"
-    spacing: str = "Trailing"
+    spacing: str = "Auto"
     cfg_rescale: float = 0.7
 
     def __post_init__(self) -> None:
@@ -237,6 +239,7 @@ def format_infotext_value(value: str, auto: bool) -> str:
 _INFOTEXT_TO_CHOICE: dict[str, dict[str, str]] = {
     "prediction": {"v-prediction": "v-prediction", "v": "v-prediction", "eps": "eps", "epsilon": "eps"},
     "ztsnr": {"on": "On", "off": "Off", "true": "On", "false": "Off", "built-in": "Auto"},
+    # "<resolved> (auto)" (e.g. "exponential (auto)") restores Auto, like the other fields.
     "spacing": {"trailing": "Trailing", "schedule type": "Schedule type"},
 }
 

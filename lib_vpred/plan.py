@@ -8,6 +8,8 @@ produces the panel's status line, the console warnings and the infotext, so they
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from lib_vpred.params import PARAMS_BY_NAME, VPredParams, format_infotext_value
@@ -17,13 +19,52 @@ KDIFFUSION = "k-diffusion"
 TIMESTEP = "timestep"  # DDIM, DDIM CFG++, PLMS, UniPC (``CompVisSampler``)
 OTHER = "other"  # LCM and anything unknown
 
+#: Resolved timestep spacings of a pass, as the infotext writes them (``VPred spacing: trailing``).
+TRAILING = "trailing"  # the trailing timesteps of the pass's table (paper Table 2)
+EXPONENTIAL = "exponential"  # log-even from the table's sigma_max (t = 999) to sigma_min (lib_vpred.schedule)
+SCHEDULE_TYPE = "schedule type"  # the WebUI's own Schedule type / the sampler's own spacing
+
+#: What ``Timestep spacing: Auto`` resolves to, per sampler (k-diffusion samplers by WebUI name; anything not listed,
+#: the timestep samplers and unmeasured samplers included, gets trailing, the paper's choice). From the trained
+#: reference model (``bench/bench_trained.py``, README "Benchmarks": in how many of its 15 settings, 10/20/30 steps x
+#: 5 guidance settings, a schedule is within 10 % of that setting's best on brightness std, high-band power and the
+#: distribution distance): DPM++ 2M, Exponential 8 against trailing's 3 (and best at 10 steps with CFG, where Karras,
+#: the WebUI's default, breaks); LMS, Exponential 7 against 4 (trailing over-sharpens with CFG 7.5). Heun (Exponential
+#: 4 vs 5) and DPM++ 2M SDE (Karras 7 vs 0, but it fails at 10 steps with CFG) keep trailing.
+AUTO_SPACING: Mapping[str, str] = MappingProxyType({"DPM++ 2M": EXPONENTIAL, "LMS": EXPONENTIAL})
+
+
+def auto_spacing(sampler_name: str | None) -> str:
+    """The spacing ``Auto`` picks for ``sampler_name``: :data:`EXPONENTIAL` or :data:`TRAILING`."""
+    return AUTO_SPACING.get(sampler_name or "", TRAILING)
+
+
 #: Schedule types that, with the ZTSNR sigma_max ~ 4518.8, put most steps far above sigma 14.6 (peers.md section 10).
 WASTEFUL_UNDER_ZTSNR = frozenset({"Karras", "Exponential", "Polyexponential", "Beta", "KL Optimal"})
 #: Of those, the ones bench/bench_fidelity.py measured as harmful with every sampler (Beta is linear in sigma in
-#: v1.10.1; KL Optimal leaves one step between sigma 4518.8 and ~6). Karras / Exponential only lost detail with
-#: Euler-type samplers; DPM++ multistep / SDE samplers did as well or better with them than with trailing.
+#: v1.10.1; KL Optimal leaves one step between sigma 4518.8 and ~6).
 HARMFUL_WITH_EVERY_SAMPLER = frozenset({"Beta", "KL Optimal"})
-#: Samplers for which Karras / Exponential under ZTSNR measured fine (exponential integrators).
+#: Karras / Exponential with ``Timestep spacing: Schedule type`` under ZTSNR: the ones that measured fine per sampler on
+#: the trained reference model (the same pass counts as :data:`AUTO_SPACING`; trailing's count in brackets): Euler
+#: Exponential 12 [11] (Karras 2); Euler a neither (2 and 2 [12]); DPM++ 2M Karras 7, Exponential 8 [3]; DPM++ 2M SDE
+#: Karras 7, Exponential 4 [0]; DPM++ SDE Exponential (4 [7] strict, 15 [15] within the sampling noise; Karras 4 and 9
+#: [15], and it loses the most high band: 0.45 vs 0.70 at 20 steps, CFG 1); Heun neither (3 and 4 [5], both far worse
+#: at 10 steps); LMS Exponential 7 [4] (Karras 3). Every listed sampler's unlisted type loses detail (warning).
+MEASURED_FINE_SCHEDULE_TYPES: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        "Euler": frozenset({"Exponential"}),
+        "Euler a": frozenset(),
+        "DPM++ 2M": frozenset({"Karras", "Exponential"}),
+        "DPM++ 2M SDE": frozenset({"Karras", "Exponential"}),
+        "DPM++ SDE": frozenset({"Exponential"}),
+        "Heun": frozenset(),
+        "LMS": frozenset({"Exponential"}),
+    }
+)
+#: Schedule types the trained model measured (the rest of :data:`WASTEFUL_UNDER_ZTSNR` follows the proxy's rule).
+MEASURED_SCHEDULE_TYPES = frozenset({"Karras", "Exponential"})
+#: Samplers not on the trained model for which Karras / Exponential / Polyexponential under ZTSNR measured fine on the
+#: exact-denoiser proxy (bench/bench_fidelity.py: exponential integrators).
 DPM_SOLVER_FAMILY_PREFIX = "DPM++"
 #: Samplers whose Heun-type first step from the ZTSNR sigma_max ~ 4518.8 to ~18 amplifies the error of the second
 #: slope (measured on an exact denoiser in tests/unit/test_kdiffusion_sampling.py and bench/bench_fidelity.py:
@@ -33,12 +74,18 @@ SECOND_ORDER_FIRST_STEP_UNSTABLE = frozenset({"Heun"})
 
 
 def schedule_type_loses_detail(scheduler: str | None, sampler_name: str | None) -> bool:
-    """The one rule (README "Compatibility", bench/bench_fidelity.py) for a schedule type under ZTSNR without trailing:
-    Beta / KL Optimal lose detail with every sampler; Karras / Exponential / Polyexponential with every sampler but
-    the DPM++ family (exponential integrators measured fine with them). Used by the plan and the schedule preview."""
+    """The one rule (README "Compatibility") for a schedule type under ZTSNR with ``Timestep spacing: Schedule type``:
+    Beta / KL Optimal lose detail with every sampler; Karras / Exponential with the samplers the trained model measured
+    them losing on (:data:`MEASURED_FINE_SCHEDULE_TYPES`); otherwise Karras / Exponential / Polyexponential with every
+    sampler but the DPM++ family (the proxy's rule). Used by the plan and the schedule preview."""
     if scheduler not in WASTEFUL_UNDER_ZTSNR:
         return False
-    return scheduler in HARMFUL_WITH_EVERY_SAMPLER or not (sampler_name or "").startswith(DPM_SOLVER_FAMILY_PREFIX)
+    if scheduler in HARMFUL_WITH_EVERY_SAMPLER:
+        return True
+    fine = MEASURED_FINE_SCHEDULE_TYPES.get(sampler_name or "")
+    if fine is not None and scheduler in MEASURED_SCHEDULE_TYPES:
+        return scheduler not in fine
+    return not (sampler_name or "").startswith(DPM_SOLVER_FAMILY_PREFIX)
 
 
 #: Schedule types with fixed sigma tables that ignore the model's schedule (Align Your Steps starts at 14.615).
@@ -103,7 +150,10 @@ class Plan:
     #: Install our ZTSNR sigma table (False when the WebUI's built-in option already made the table ZTSNR).
     install_ztsnr_table: bool = False
     ztsnr_by_builtin: bool = False
-    trailing: bool = False
+    #: The resolved spacing: :data:`TRAILING`, :data:`EXPONENTIAL` (both ours) or :data:`SCHEDULE_TYPE` (the WebUI's).
+    spacing: str = SCHEDULE_TYPE
+    #: ``spacing`` was picked by ``Timestep spacing: Auto`` (:func:`auto_spacing`).
+    spacing_auto: bool = False
     cfg_rescale: float = 0.0
     #: Take the first step down from the ZTSNR sigma_max with Euler (``lib_vpred.sampling.with_euler_first_step``).
     euler_first_step: bool = False
@@ -118,6 +168,16 @@ class Plan:
     checkpoint_prediction: str | None = None
     #: Inactive, but an explicit prediction the defaults would not choose: recorded so that pasting reproduces it.
     records_prediction: bool = False
+
+    @property
+    def trailing(self) -> bool:
+        """Trailing timesteps (for timestep samplers: the only spacing of ours they take)."""
+        return self.spacing == TRAILING
+
+    @property
+    def overrides_schedule(self) -> bool:
+        """Our sigma schedule replaces the WebUI's Schedule type (trailing or exponential)."""
+        return self.spacing != SCHEDULE_TYPE
 
     def _what(self) -> str:
         """The prediction and ZTSNR part, in plain words, true for the checkpoint (an override says so)."""
@@ -135,7 +195,9 @@ class Plan:
         True for every tab and sampler: steps, strength and schedule types are the schedule preview's business."""
         if not self.active:
             return self.inactive_reason or "not applied"
-        steps = "trailing steps" if self.trailing else "steps from the Schedule type"
+        steps = {TRAILING: "trailing steps", EXPONENTIAL: "exponential steps from pure noise"}.get(
+            self.spacing, "steps from the Schedule type"
+        )
         phi = f"CFG rescale {self.cfg_rescale:g}" if self.cfg_rescale > 0 else "no CFG rescale"
         return f"{self._what()}, {steps}, {phi}"
 
@@ -162,7 +224,7 @@ class Plan:
             what += " (override)"
         if self.ztsnr:
             what += " + ZTSNR"
-        parts = [what, "trailing" if self.trailing else "Schedule type"]
+        parts = [what, self.spacing if self.overrides_schedule else "Schedule type"]
         parts.append(f"φ {self.cfg_rescale:g}" if self.cfg_rescale > 0 else "no CFG rescale")
         if self.warnings:
             parts.append("⚠")
@@ -187,7 +249,7 @@ class Plan:
             out[key["ztsnr"]] = "built-in"
         else:
             out[key["ztsnr"]] = format_infotext_value("on" if self.ztsnr else "off", self.ztsnr_auto)
-        out[key["spacing"]] = "trailing" if self.trailing else "schedule type"
+        out[key["spacing"]] = format_infotext_value(self.spacing, self.spacing_auto)
         out[key["cfg_rescale"]] = self.cfg_rescale
         return out
 
@@ -294,17 +356,18 @@ def decide(params: VPredParams, model: ModelFacts, sampler: SamplerFacts) -> Pla
         warnings.append(
             "'Downcast alphas_cumprod' is on: ignored, the ZTSNR table is built in float32 from the original"
         )
-    trailing = params.spacing == "Trailing"
-    if trailing and sampler.discards_penultimate_sigma:
-        warnings.append(f"{sampler.name} discards the penultimate sigma, so its trailing schedule has one step fewer")
-    if ztsnr and not trailing and schedule_type_loses_detail(sampler.scheduler, sampler.name):
+    spacing, spacing_auto = _decide_spacing(params, sampler)
+    ours = spacing != SCHEDULE_TYPE
+    if ours and sampler.discards_penultimate_sigma:
+        warnings.append(f"{sampler.name} discards the penultimate sigma, so its {spacing} schedule has one step fewer")
+    if ztsnr and not ours and schedule_type_loses_detail(sampler.scheduler, sampler.name):
         warnings.append(
             f"schedule type {sampler.scheduler} puts most steps far above sigma 14.6 under ZTSNR and loses detail "
-            f"with {sampler.name}: set Timestep spacing to Trailing (or Schedule type to Simple, SGM Uniform or Trailing)"
+            f"with {sampler.name}: set Timestep spacing to Auto (or Schedule type to Simple, SGM Uniform or Trailing)"
         )
-    if ztsnr and not trailing and sampler.scheduler in IGNORES_TABLE:
+    if ztsnr and not ours and sampler.scheduler in IGNORES_TABLE:
         warnings.append(
-            f"schedule type {sampler.scheduler} uses fixed sigmas and ignores the ZTSNR table: set Timestep spacing to Trailing"
+            f"schedule type {sampler.scheduler} uses fixed sigmas and ignores the ZTSNR table: set Timestep spacing to Auto"
         )
     euler_first = ztsnr and sampler.name in SECOND_ORDER_FIRST_STEP_UNSTABLE
     if euler_first:
@@ -327,13 +390,23 @@ def decide(params: VPredParams, model: ModelFacts, sampler: SamplerFacts) -> Pla
         ztsnr_auto=ztsnr_auto,
         install_ztsnr_table=ztsnr and not by_builtin,
         ztsnr_by_builtin=by_builtin and model.builtin_ztsnr_option,
-        trailing=trailing,
+        spacing=spacing,
+        spacing_auto=spacing_auto,
         cfg_rescale=phi,
         euler_first_step=euler_first,
         reasons=tuple(reasons),
         warnings=tuple(warnings),
         checkpoint_prediction=checkpoint_prediction,
     )
+
+
+def _decide_spacing(params: VPredParams, sampler: SamplerFacts) -> tuple[str, bool]:
+    """(resolved spacing, picked by Auto). Auto: :func:`auto_spacing` of the sampler."""
+    if params.spacing == "Trailing":
+        return TRAILING, False
+    if params.spacing == "Schedule type":
+        return SCHEDULE_TYPE, False
+    return auto_spacing(sampler.name), True
 
 
 def _decide_eps_on_v(model: ModelFacts, ztsnr_auto: bool, reasons: list[str]) -> Plan:
@@ -358,7 +431,6 @@ def _decide_eps_on_v(model: ModelFacts, ztsnr_auto: bool, reasons: list[str]) ->
         override_prediction="eps",
         ztsnr=False,
         ztsnr_auto=ztsnr_auto,
-        trailing=False,
         cfg_rescale=0.0,
         reasons=tuple(reasons),
         checkpoint_prediction="v",
@@ -372,6 +444,8 @@ def _decide_timestep(params: VPredParams, model: ModelFacts, sampler: SamplerFac
     base = decide(params, model, as_kdiff)
     if not base.active:
         return base
+    if base.spacing not in (TRAILING, SCHEDULE_TYPE):
+        base = dataclasses.replace(base, spacing=TRAILING)  # timestep samplers take timesteps: trailing is ours
     warnings = list(base.warnings)
     phi = base.cfg_rescale
     name = sampler.name
@@ -383,7 +457,7 @@ def _decide_timestep(params: VPredParams, model: ModelFacts, sampler: SamplerFac
     if base.ztsnr and not base.trailing and name != "UniPC":
         warnings.append(
             f"{name} with its own (leading) spacing never samples t=999, where ZTSNR matters: "
-            "set Timestep spacing to Trailing"
+            "set Timestep spacing to Auto or Trailing"
         )
     if base.trailing and sampler.discards_penultimate_sigma:
         warnings.append(f"'discard penultimate sigma' does not apply to {name} with trailing spacing")

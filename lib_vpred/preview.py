@@ -85,7 +85,7 @@ def schedule_sigmas(
     model_sigmas: torch.Tensor,
     steps: int,
     *,
-    trailing: bool,
+    trailing: bool = False,
     schedule_fn: ScheduleFn | None = None,
     need_inner_model: bool = False,
     inner_model: Any = None,
@@ -93,11 +93,13 @@ def schedule_sigmas(
     sigma_max: float | None = None,
     extra_kwargs: dict[str, Any] | None = None,
     discard_penultimate: bool = False,
+    spacing: str | None = None,
 ) -> torch.Tensor:
     """The full sigma list of one pass, as ``KDiffusionSampler.get_sigmas(p, steps)`` builds it (``steps + 1`` entries,
     descending, ending in 0).
 
-    - ``trailing``: our override (``p.sampler_noise_scheduler_override``): trailing timesteps of ``model_sigmas``;
+    - ``spacing`` (``"trailing"`` or ``"exponential"``; ``trailing=True`` is short for the first): our override
+      (``p.sampler_noise_scheduler_override``), :func:`lib_vpred.schedule.spacing_sigmas` of ``model_sigmas``;
     - else ``schedule_fn`` called as the WebUI calls it: ``fn(n=, sigma_min=, sigma_max=, [inner_model=], device=cpu)``
       (``sigma_min``/``sigma_max`` default to the table's ends);
     - ``schedule_fn`` None: ``inner_model.get_sigmas(n)`` (or :func:`uniform_sigmas` without an inner model).
@@ -107,8 +109,9 @@ def schedule_sigmas(
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     n = steps + 1 if discard_penultimate else steps
-    if trailing:
-        sigmas = schedule.trailing_sigmas(model_sigmas.detach().cpu(), n)
+    spacing = spacing or ("trailing" if trailing else None)
+    if spacing:
+        sigmas = schedule.spacing_sigmas(spacing, model_sigmas.detach().cpu(), n)
     elif schedule_fn is None:
         sigmas = inner_model.get_sigmas(n) if inner_model is not None else uniform_sigmas(model_sigmas, n)
     else:
@@ -247,7 +250,7 @@ def schedule_warnings(
 ) -> tuple[str, ...]:
     """Warnings about a schedule type under zero terminal SNR, each with the fix. Which schedule type warns with which
     sampler is :func:`lib_vpred.plan.schedule_type_loses_detail` (the plan's rule); ``sampler_name`` None means a
-    sampler outside the DPM++ family."""
+    sampler outside the DPM++ family. ``trailing``: our spacing replaces the schedule type (no warning)."""
     if not ztsnr or trailing or not scheduler_label:
         return ()
     out = []
@@ -260,11 +263,11 @@ def schedule_warnings(
                 f", and strength {preview.denoising_strength:g} starts at t={format_t(preview.start_t)} "
                 "(almost a full re-noise)"
             )
-        out.append(text + ": set Timestep spacing to Trailing, or Schedule type to Simple, SGM Uniform or Trailing")
+        out.append(text + ": set Timestep spacing to Auto, or Schedule type to Simple, SGM Uniform or Trailing")
     elif scheduler_label in IGNORES_TABLE:
         out.append(
             f"{scheduler_label} uses fixed sigmas that ignore the ZTSNR table (no step at t=999): "
-            "set Timestep spacing to Trailing"
+            "set Timestep spacing to Auto"
         )
     return tuple(out)
 
@@ -298,7 +301,7 @@ def build_preview(
     model_sigmas: torch.Tensor,
     steps: int,
     *,
-    trailing: bool,
+    trailing: bool = False,
     schedule_fn: ScheduleFn | None = None,
     need_inner_model: bool = False,
     inner_model: Any = None,
@@ -306,6 +309,7 @@ def build_preview(
     sigma_max: float | None = None,
     extra_kwargs: dict[str, Any] | None = None,
     discard_penultimate: bool = False,
+    spacing: str | None = None,
     denoising_strength: float | None = None,
     fixed_steps: bool = False,
     ztsnr: bool = False,
@@ -338,6 +342,7 @@ def build_preview(
         sigma_max=sigma_max,
         extra_kwargs=extra_kwargs,
         discard_penultimate=discard_penultimate,
+        spacing=spacing,
     )
     run = full[start:]
     ts = sigma_to_t(run, model_sigmas)
@@ -353,6 +358,10 @@ def build_preview(
         label=label,
     )
     warnings = schedule_warnings(
-        preview, ztsnr=ztsnr, trailing=trailing, scheduler_label=scheduler_label, sampler_name=sampler_name
+        preview,
+        ztsnr=ztsnr,
+        trailing=trailing or bool(spacing),
+        scheduler_label=scheduler_label,
+        sampler_name=sampler_name,
     )
     return dataclasses.replace(preview, warnings=warnings)

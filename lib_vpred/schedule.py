@@ -7,6 +7,7 @@ All schedule arithmetic is done in float64 whatever the input dtype, then cast o
 from __future__ import annotations
 
 import logging
+import math
 from typing import Literal
 
 import torch
@@ -173,3 +174,37 @@ def trailing_sigmas(model_sigmas: torch.Tensor, steps: int) -> torch.Tensor:
     """
     t = spaced_timesteps(steps, "trailing", num_train_timesteps=model_sigmas.shape[0]).to(model_sigmas.device)
     return torch.cat([model_sigmas[t], model_sigmas.new_zeros(1)])
+
+
+def exponential_sigmas(model_sigmas: torch.Tensor, steps: int) -> torch.Tensor:
+    """k-diffusion sigma list for ``steps`` steps evenly spaced in log sigma, from the table's largest sigma down to its
+    smallest, then 0: the WebUI's "Exponential" schedule type (k-diffusion ``get_sigmas_exponential(n, sigma_min,
+    sigma_max)`` called with the model's own range, A1111 v1.10.1 ``modules/sd_samplers_kdiffusion.py:93``).
+
+    Under ZTSNR it starts at sigma_max ~ 4518.76 (t = T - 1, like trailing) and ends at sigma_min ~ 0.029, where
+    trailing ends at the sigma of t = T/steps - 1 (0.231 at 20 steps): the measured better choice for multistep
+    solvers (README "Benchmarks"). Maths in float64; the result has ``steps + 1`` entries, on ``model_sigmas``'s
+    device and dtype.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    table = model_sigmas.detach().to(torch.float64)
+    sigma_min, sigma_max = float(table.min()), float(table.max())
+    if not 0.0 < sigma_min <= sigma_max or not math.isfinite(sigma_max):
+        raise ValueError(f"model sigmas must be positive and finite, got range [{sigma_min}, {sigma_max}]")
+    log_sigmas = torch.linspace(math.log(sigma_max), math.log(sigma_min), steps, dtype=torch.float64)
+    sigmas = torch.cat([log_sigmas.exp(), log_sigmas.new_zeros(1)])
+    return sigmas.to(device=model_sigmas.device, dtype=model_sigmas.dtype)
+
+
+#: Our sigma schedules by the plan's spacing name (``lib_vpred.plan.TRAILING`` / ``EXPONENTIAL``).
+SPACING_SIGMAS = {"trailing": trailing_sigmas, "exponential": exponential_sigmas}
+
+
+def spacing_sigmas(spacing: str, model_sigmas: torch.Tensor, steps: int) -> torch.Tensor:
+    """The sigma list of one of our spacings (:data:`SPACING_SIGMAS`) for ``steps`` steps of ``model_sigmas``."""
+    try:
+        fn = SPACING_SIGMAS[spacing]
+    except KeyError:
+        raise ValueError(f"spacing must be one of {', '.join(SPACING_SIGMAS)}, got {spacing!r}") from None
+    return fn(model_sigmas, steps)

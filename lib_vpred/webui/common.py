@@ -1,5 +1,5 @@
 """Glue shared by every host adapter: checkpoint detection (cached), Settings overrides, the pass's sampler facts and
-the trailing scheduler override on ``p``.
+our spacing's scheduler override on ``p`` (trailing or exponential).
 
 The WebUI front end (``modules.processing``, ``modules.sd_samplers*``, ``modules.sd_schedulers``) is the same in the
 AUTOMATIC1111 WebUI and in Forge, so what is read from it here is read the same way for both. What differs (where
@@ -17,7 +17,7 @@ import torch
 
 from lib_vpred import detect, schedule
 from lib_vpred.params import LEGACY_CFG_RESCALE_KEYS, find_checkpoint_override, parse_checkpoint_overrides
-from lib_vpred.plan import KDIFFUSION, OTHER, TIMESTEP, SamplerFacts
+from lib_vpred.plan import KDIFFUSION, OTHER, TIMESTEP, TRAILING, SamplerFacts
 
 ATTR_SAVED_OVERRIDE = "_vpred_saved_scheduler_override"  # on p: the override that was there before ours
 
@@ -147,23 +147,40 @@ def sampler_facts(sampler: Any, opts: Any, p: Any = None) -> SamplerFacts:
     )
 
 
-class TrailingSchedule:
-    """``p.sampler_noise_scheduler_override``: trailing sigmas from the pass's own (possibly ZTSNR) sigma table."""
+class SpacingSchedule:
+    """``p.sampler_noise_scheduler_override``: our spacing's sigmas (trailing, or exponential from sigma_max) from the
+    pass's own (possibly ZTSNR) sigma table, read when the WebUI asks (after our table is installed)."""
 
-    def __init__(self, sampler: Any) -> None:
+    def __init__(self, sampler: Any, spacing: str = TRAILING) -> None:
+        if spacing not in schedule.SPACING_SIGMAS:
+            raise ValueError(f"spacing must be one of {', '.join(schedule.SPACING_SIGMAS)}, got {spacing!r}")
         self.sampler = sampler
+        self.spacing = spacing
 
     def __call__(self, steps: int) -> torch.Tensor:
-        return schedule.trailing_sigmas(self.sampler.model_wrap.sigmas.detach().cpu(), int(steps))
+        return schedule.spacing_sigmas(self.spacing, self.sampler.model_wrap.sigmas.detach().cpu(), int(steps))
+
+
+class TrailingSchedule(SpacingSchedule):
+    """The trailing override (``Timestep spacing: Trailing``, and ``Auto`` for most samplers)."""
+
+    def __init__(self, sampler: Any) -> None:
+        super().__init__(sampler, TRAILING)
+
+
+def set_spacing_override(p: Any, sampler: Any, plan: Any) -> None:
+    """Our spacing for this k-diffusion pass, when the plan overrides the Schedule type (trailing or exponential)."""
+    if plan.overrides_schedule:
+        set_scheduler_override(p, SpacingSchedule(sampler, plan.spacing))
 
 
 def restore_scheduler_override(p: Any) -> None:
-    if isinstance(getattr(p, "sampler_noise_scheduler_override", None), TrailingSchedule):
+    if isinstance(getattr(p, "sampler_noise_scheduler_override", None), SpacingSchedule):
         p.sampler_noise_scheduler_override = getattr(p, ATTR_SAVED_OVERRIDE, None)
 
 
-def set_scheduler_override(p: Any, override: TrailingSchedule) -> None:
+def set_scheduler_override(p: Any, override: SpacingSchedule) -> None:
     current = getattr(p, "sampler_noise_scheduler_override", None)
-    if not isinstance(current, TrailingSchedule):
+    if not isinstance(current, SpacingSchedule):
         setattr(p, ATTR_SAVED_OVERRIDE, current)
     p.sampler_noise_scheduler_override = override

@@ -24,6 +24,7 @@ from lib_vpred.webui import common, timestep_glue
 from lib_vpred.webui.common import (  # noqa: F401
     OPT_ASSUME_SD1_ZTSNR,
     OPT_OVERRIDES,
+    SpacingSchedule,
     TrailingSchedule,
     checkpoint_override,
     detect_file,
@@ -212,8 +213,7 @@ def apply_plan(p: Any, plan: Plan, params: VPredParams, sd_model: Any, opts: Any
         return
     cfg = sampler.model_wrap_cfg
     sampler.model_wrap = _fit_denoiser(cfg, plan, sd_model, opts)
-    if plan.trailing:
-        common.set_scheduler_override(p, TrailingSchedule(sampler))
+    common.set_spacing_override(p, sampler, plan)
     if plan.euler_first_step and not getattr(sampler, ATTR_EULER_FIRST, False):
         sampler.func = sampling.with_euler_first_step(sampler.func)  # this sampler object only; dies with the pass
         setattr(sampler, ATTR_EULER_FIRST, True)

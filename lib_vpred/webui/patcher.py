@@ -160,8 +160,8 @@ class PatcherHost:
             return
         if getattr(sampler, ATTR_STATE, None) is None and not self._install(sampler, family, plan, sd_model):
             return
-        if family == KDIFFUSION and plan.trailing:
-            common.set_scheduler_override(p, common.TrailingSchedule(sampler))
+        if family == KDIFFUSION:
+            common.set_spacing_override(p, sampler, plan)
         if plan.cfg_rescale > 0:
             install_cfg_rescale(p.sd_model, plan.cfg_rescale)
         p.extra_generation_params.update(plan.infotext())

@@ -141,7 +141,8 @@ def settings_summary(params: vp.VPredParams) -> str:
         return "off"
     phi = f"φ {params.cfg_rescale:g}" if params.cfg_rescale > 0 else "no CFG rescale"
     what = "Auto" if params.prediction == "Auto" else params.prediction
-    return " · ".join([what, "trailing" if params.spacing == "Trailing" else "Schedule type", phi])
+    spacing = {"Trailing": "trailing", "Auto": "spacing per sampler"}.get(params.spacing, "Schedule type")
+    return " · ".join([what, spacing, phi])
 
 
 def build(
@@ -548,7 +549,7 @@ def render_pass(
     if stock is None:
         return preview_message(f"{title}: the model has no noise schedule to preview")
     table = ztsnr_table(sd_model) if plan.active and plan.install_ztsnr_table else stock
-    trailing = plan.active and plan.trailing
+    ours = plan.spacing if plan.active and plan.overrides_schedule else None
     try:
         import k_diffusion.external
 
@@ -567,8 +568,8 @@ def render_pass(
         rho = getattr(opts, "rho", 0)
         if scheduler.default_rho != -1 and rho and rho != scheduler.default_rho:
             extra["rho"] = rho
-    if trailing:
-        how = "trailing (VPred)"
+    if ours:
+        how = f"{ours} (VPred)"
         if label not in ("Automatic", "Trailing"):
             how += f", replacing the selected Schedule type {label} (set Timestep spacing to Schedule type to use it)"
     else:
@@ -577,7 +578,7 @@ def render_pass(
     result = pv.build_preview(
         table,
         spec.steps,
-        trailing=trailing,
+        spacing=ours,
         schedule_fn=None if scheduler is None else scheduler.function,
         need_inner_model=bool(getattr(scheduler, "need_inner_model", False)),
         inner_model=inner_model,

@@ -68,7 +68,7 @@ ACCEPTED = {
         {
             "VPred prediction": "v-prediction (auto)",
             "VPred ZTSNR": "on (auto)",
-            "VPred spacing": "trailing",
+            "VPred spacing": "trailing (auto)",
             "VPred CFG rescale": "0.3",
         },
         TRAILING_4,
@@ -128,7 +128,11 @@ REJECTED = {
     "not-finite": ([True, "Auto", "Auto", "Trailing", math.nan], "cfg_rescale", "a number from 0 to 1"),
     "unknown-choice": ([True, "maybe"], "prediction", "one of 'Auto', 'v-prediction', 'eps'"),
     "unknown-choice-ztsnr": ([True, "Auto", "sometimes"], "ztsnr", "one of 'Auto', 'On', 'Off'"),
-    "unknown-choice-spacing": ([True, "Auto", "Auto", "leading"], "spacing", "one of 'Trailing', 'Schedule type'"),
+    "unknown-choice-spacing": (
+        [True, "Auto", "Auto", "leading"],
+        "spacing",
+        "one of 'Auto', 'Trailing', 'Schedule type'",
+    ),
     "unknown-field": ([{"phi": 1}], "phi", "enabled, prediction, ztsnr, spacing, cfg_rescale"),
     "dict-out-of-range": ([{"cfg_rescale": 2}], "cfg_rescale", "a number from 0 to 1"),
     "dict-unknown-choice": ([{"prediction": "maybe"}], "prediction", "'Auto', 'v-prediction', 'eps'"),

@@ -73,7 +73,7 @@ def test_settings_labels_are_found_by_search_and_marked_for_reload(make_webui):
 
 def test_settings_defaults_drive_the_panel_and_api_defaults(make_webui, monkeypatch):
     w = make_webui(True)
-    assert w.default_args() == [True, "Auto", "Auto", "Trailing", 0.7]
+    assert w.default_args() == [True, "Auto", "Auto", "Auto", 0.7]
     w.shared.opts.vpred_default_cfg_rescale = 0.3
     w.shared.opts.vpred_default_spacing = "Schedule type"
     w.shared.opts.vpred_default_ztsnr = "not a choice"  # a broken stored value falls back, never breaks the UI
@@ -156,8 +156,8 @@ def test_karras_under_ztsnr_warns_once_with_the_fix(make_webui, capsys):
     w.run("txt2img", prompt="a cat", steps=4, sampler_name="Euler", scheduler="Karras", script_args=args)
     printed = capsys.readouterr().out
     assert printed.count("schedule type Karras puts most steps far above sigma 14.6") == 1
-    assert "set Timestep spacing to Trailing" in printed
-    # DPM++ 2M with its default Karras measured fine under ZTSNR (bench_fidelity): no warning there
+    assert "set Timestep spacing to Auto" in printed
+    # DPM++ 2M with its default Karras measured fine under ZTSNR (bench_trained, bench_fidelity): no warning there
     w.run("txt2img", prompt="a cat", steps=4, sampler_name="DPM++ 2M", script_args=args)
     assert "puts most steps" not in capsys.readouterr().out
 

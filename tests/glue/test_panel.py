@@ -16,6 +16,7 @@ import k_diffusion.sampling
 import pytest
 import torch
 
+from lib_vpred import params as vp
 from tests.glue.test_support import EPS_SD1, V_SD1, new_webui
 
 pytestmark = pytest.mark.glue
@@ -80,6 +81,14 @@ def _controls(script):
     return [c.value for c in script.vpred_controls]
 
 
+def _trailing(script):
+    """The controls with Timestep spacing: Trailing (the stand-in's default sampler is DPM++ 2M, which Auto gives
+    exponential spacing)."""
+    values = _controls(script)
+    values[[p.name for p in vp.PARAMS].index("spacing")] = "Trailing"
+    return values
+
+
 STEPS = (gr.Slider, "txt2img_steps", {"minimum": 1, "maximum": 150, "step": 1, "value": 20})
 SAMPLER = (gr.Radio, "txt2img_sampling", {"choices": ["Euler", "DPM++ 2M"], "value": "Euler"})
 SCHEDULER = (gr.Dropdown, "txt2img_scheduler", {"choices": ["Automatic", "Karras", "Simple"], "value": "Automatic"})
@@ -125,7 +134,7 @@ def test_preview_follows_steps_and_scheduler(make_webui, order):
     w = new_webui(make_webui, models=(V_SD1,))
     specs = [STEPS, SAMPLER, SCHEDULER]
     blocks, script, _runner, created = _tab(w, False, **{order: specs})
-    controls = _controls(script)  # defaults: enabled, Auto, Auto, Trailing, 0.7
+    controls = _controls(script)  # defaults: enabled, Auto, Auto, Auto, 0.7 (Euler: trailing)
 
     on_steps = _listener(blocks, created["txt2img_steps"])
     state, status, preview, header = on_steps(20, {}, *controls)
@@ -166,7 +175,7 @@ def test_img2img_preview_starts_where_the_webui_slices(make_webui):
     w = new_webui(make_webui, models=(V_SD1,))
     blocks, script, _runner, created = _tab(w, True, after=[I2I_DENOISE])
     on_denoise = _listener(blocks, created["img2img_denoising_strength"])
-    _state, _status, preview, _header = on_denoise(0.5, {}, *_controls(script))
+    _state, _status, preview, _header = on_denoise(0.5, {}, *_trailing(script))
     # setup_img2img_steps: t_enc = int(0.5 * 20) = 10; sigma_sched = sigmas[20 - 10 - 1:], trailing t = 999 - 50 * 9
     steps, t_enc = 20, int(0.5 * 20)
     start = steps - t_enc - 1
@@ -182,7 +191,7 @@ def test_hires_pass_preview(make_webui):
     hr_denoise = (gr.Slider, "txt2img_denoising_strength", {"minimum": 0, "maximum": 1, "value": 0.7})
     blocks, script, _runner, created = _tab(w, False, before=[STEPS, hr], after=[hr_denoise])
     _state, _status, preview, _header = _listener(blocks, created["txt2img_denoising_strength"])(
-        0.7, {}, *_controls(script)
+        0.7, {}, *_trailing(script)
     )
     # hires: steps given -> virtual int(20 / 0.7) = 28, t_enc = 19, start 28 - 19 - 1 = 8; trailing t(8) of 28
     virtual = int(20 / 0.7)
@@ -257,6 +266,26 @@ def test_trailing_says_it_replaces_a_selected_schedule_type(make_webui):
     assert "trailing (VPred), replacing the selected Schedule type Karras" in preview
     _state, _status, preview, _header = on_scheduler("Automatic", {}, *_controls(script))
     assert "replacing" not in preview
+
+
+def test_auto_spacing_preview_follows_the_tabs_sampler(make_webui):
+    """Timestep spacing Auto: DPM++ 2M gets exponential sigmas from sigma_max (k-diffusion's get_sigmas_exponential on
+    the ZTSNR table, the independent reference), Euler trailing; status, header and preview agree with the plan."""
+    w = new_webui(make_webui, models=(V_SD1,))
+    blocks, script, _runner, created = _tab(w, False, before=[STEPS, SAMPLER, SCHEDULER])
+    on_sampler = _listener(blocks, created["txt2img_sampling"])
+    state, status, preview, header = on_sampler("DPM++ 2M", {}, *_controls(script))
+    ztsnr = _ztsnr_sigmas()
+    expected = k_diffusion.sampling.get_sigmas_exponential(20, float(ztsnr[0]), float(ztsnr[-1]))
+    assert "DPM++ 2M, exponential (VPred)" in preview, preview
+    assert _first_row(preview, "t")[0] == "999"
+    assert _first_row(preview, "sigma")[:2] == [f"{float(expected[0]):.1f}", f"{float(expected[1]):.1f}"]
+    assert "exponential steps from pure noise" in status
+    assert header["label"] == "V-Prediction / ZTSNR: v-pred + ZTSNR · exponential · φ 0.7"
+    _state, status, preview, header = on_sampler("Euler", state, *_controls(script))
+    assert "Euler, trailing (VPred)" in preview
+    assert "trailing steps" in status
+    assert header["label"] == "V-Prediction / ZTSNR: v-pred + ZTSNR · trailing · φ 0.7"
 
 
 def test_status_is_true_for_the_tabs_sampler(make_webui):

@@ -54,7 +54,7 @@ def test_txt2img_first_call_999_and_steps_calls(make_webui, sampler, steps):
     assert images(out).isfinite().all()
     assert all(v == pytest.approx(ZTSNR_LAST, rel=1e-6) for v in seen)  # ZTSNR during the call
     assert m.alphas_cumprod is original_table  # restored, same object
-    assert p.extra_generation_params["VPred spacing"] == "trailing"
+    assert p.extra_generation_params["VPred spacing"] == "trailing (auto)"
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)

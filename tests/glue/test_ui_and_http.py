@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from lib_vpred.webui import api as vapi
 from tests.glue.test_support import EPS_SD1, V_SD1, V_SDXL_KEYS, images, infotext, new_webui, vpred_keys
 
-DEFAULT_VALUES = [True, "Auto", "Auto", "Trailing", 0.7]
+DEFAULT_VALUES = [True, "Auto", "Auto", "Auto", 0.7]
 FIELDS = ["enabled", "prediction", "ztsnr", "spacing", "cfg_rescale"]
 
 
@@ -67,7 +67,7 @@ def test_panel_has_five_controls_with_the_positional_defaults(make_webui, is_img
     assert [c.value for c in controls] == DEFAULT_VALUES
     assert [value for _, value in controls[1].choices] == ["Auto", "v-prediction", "eps"]
     assert [value for _, value in controls[2].choices] == ["Auto", "On", "Off"]
-    assert [value for _, value in controls[3].choices] == ["Trailing", "Schedule type"]
+    assert [value for _, value in controls[3].choices] == ["Auto", "Trailing", "Schedule type"]
     assert (controls[4].minimum, controls[4].maximum) == (0.0, 1.0)
     assert [c for c, _ in script.infotext_fields] == controls
     # each entry is the key by name (Send to copies by name) and reads its value itself (paste and the API's infotext)
@@ -118,10 +118,10 @@ PASTES = {
         {
             "VPred prediction": "v-prediction (auto)",
             "VPred ZTSNR": "on (auto)",
-            "VPred spacing": "trailing",
+            "VPred spacing": "trailing (auto)",
             "VPred CFG rescale": "0.7",
         },
-        [True, "Auto", "Auto", "Trailing", 0.7],
+        [True, "Auto", "Auto", "Auto", 0.7],
     ),
     "our-forced-values": (
         {
@@ -134,12 +134,12 @@ PASTES = {
     ),
     "builtin-ztsnr": (
         {"VPred prediction": "v-prediction (auto)", "VPred ZTSNR": "built-in"},
-        [True, "Auto", "Auto", "Trailing", 0.7],
+        [True, "Auto", "Auto", "Auto", 0.7],
     ),
-    "eps-forced": ({"VPred prediction": "eps", "VPred ZTSNR": "off"}, [True, "eps", "Off", "Trailing", 0.7]),
-    "legacy-cfg-rescale": ({"CFG Rescale": "0.5", "Steps": "20"}, [True, "Auto", "Auto", "Trailing", 0.5]),
-    "legacy-neutral-prompt": ({"CFG Rescale phi": "0.25"}, [True, "Auto", "Auto", "Trailing", 0.25]),
-    "ours-beat-legacy": ({"VPred CFG rescale": "0.3", "CFG Rescale": "0.9"}, [True, "Auto", "Auto", "Trailing", 0.3]),
+    "eps-forced": ({"VPred prediction": "eps", "VPred ZTSNR": "off"}, [True, "eps", "Off", "Auto", 0.7]),
+    "legacy-cfg-rescale": ({"CFG Rescale": "0.5", "Steps": "20"}, [True, "Auto", "Auto", "Auto", 0.5]),
+    "legacy-neutral-prompt": ({"CFG Rescale phi": "0.25"}, [True, "Auto", "Auto", "Auto", 0.25]),
+    "ours-beat-legacy": ({"VPred CFG rescale": "0.3", "CFG Rescale": "0.9"}, [True, "Auto", "Auto", "Auto", 0.3]),
     "unparseable-values": (
         {"VPred CFG rescale": "abc", "VPred ZTSNR": "perhaps", "VPred prediction": "x0"},
         DEFAULT_VALUES,
@@ -162,7 +162,8 @@ ROUND_TRIPS = {
     "phi0": [True, "Auto", "Auto", "Trailing", 0.0],
     "schedule-type": [True, "Auto", "Auto", "Schedule type", 0.7],
     "ztsnr-off": [True, "Auto", "Off", "Trailing", 0.7],
-    "disabled": [False, "Auto", "Auto", "Trailing", 0.7],
+    "disabled": [False, "Auto", "Auto", "Auto", 0.7],
+    "explicit-trailing": [True, "Auto", "Auto", "Trailing", 0.7],
 }
 
 
@@ -181,6 +182,21 @@ def test_infotext_round_trip_reproduces_the_image(make_webui, args):
         args[3],
         float(args[4]),
     ]
+
+
+def test_infotext_round_trip_with_auto_exponential_spacing(make_webui):
+    """DPM++ 2M with the defaults samples exponential spacing; the infotext says so ("exponential (auto)"), pasting
+    restores Auto, and the second generation is the same image."""
+    w = new_webui(make_webui, True, models=[V_SD1])
+    _, first = w.run("txt2img", prompt="a cat", steps=4, sampler_name="DPM++ 2M")
+    assert infotext(first)["VPred spacing"] == "exponential (auto)"
+    pasted = _paste(w, False, infotext(first))
+    assert pasted == DEFAULT_VALUES
+    _, second = w.run("txt2img", script_args=pasted, prompt="a cat", steps=4, sampler_name="DPM++ 2M")
+    assert torch.equal(images(first), images(second))
+    _, trailing = w.run("txt2img", script_args=[True, "Auto", "Auto", "Trailing", 0.7], prompt="a cat", steps=4,
+                        sampler_name="DPM++ 2M")  # fmt: skip
+    assert not torch.equal(images(first), images(trailing))  # the spacing is what made the image
 
 
 @pytest.mark.parametrize(
@@ -243,7 +259,7 @@ NORMALISED = {
     "positional": [True, "Auto", "Auto", "Trailing", 0.7],
     "positional-normalised": [False, "eps", "Off", "Schedule type", 1.0],
     "positional-prefix": DEFAULT_VALUES,
-    "dict": [True, "Auto", "Auto", "Trailing", 0.3],
+    "dict": [True, "Auto", "Auto", "Auto", 0.3],
     "dict-in-list": [True, "Auto", "Auto", "Schedule type", 0.7],
     "empty-list": DEFAULT_VALUES,
 }

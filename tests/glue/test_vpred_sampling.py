@@ -36,7 +36,7 @@ from tests.glue.test_support import (
 DEFAULT_INFOTEXT = {
     "VPred prediction": "v-prediction (auto)",
     "VPred ZTSNR": "on (auto)",
-    "VPred spacing": "trailing",
+    "VPred spacing": "trailing (auto)",
     "VPred CFG rescale": "0.7",
 }
 
@@ -70,7 +70,7 @@ def _expected_sigma_calls(sampler: str, table: torch.Tensor, steps: int) -> tupl
     return s, [float(t) for t in ts]
 
 
-@pytest.mark.parametrize("sampler", ["Euler", "Euler a", "DPM++ 2M", "Heun", "DPM2"])
+@pytest.mark.parametrize("sampler", ["Euler", "Euler a", "Heun", "DPM2"])
 def test_v_checkpoint_defaults_sample_v_with_ztsnr_trailing_and_leave_nothing_behind(make_webui, sampler):
     w = new_webui(make_webui, True, models=[V_SD1])
     model = w.shared.sd_model
@@ -100,6 +100,67 @@ def test_v_checkpoint_defaults_sample_v_with_ztsnr_trailing_and_leave_nothing_be
     assert vpred_keys(out) == DEFAULT_INFOTEXT
     assert p.sampler_noise_scheduler_override is None
     assert w.errors.reported == []
+    state.assert_unchanged()
+
+
+@pytest.mark.parametrize("sampler", ["DPM++ 2M", "LMS"])
+def test_auto_spacing_gives_dpmpp_2m_and_lms_exponential_sigmas_from_sigma_max(make_webui, sampler):
+    """Timestep spacing Auto (the default) picks exponential for DPM++ 2M and LMS (README "Benchmarks"): one model call
+    per step at k-diffusion's own ``get_sigmas_exponential`` over the ZTSNR table (the WebUI's Exponential schedule
+    type, independent reference), first at sigma_max (t = 999), last at sigma_min; recorded as ``exponential (auto)``.
+    An explicit Trailing still gives trailing."""
+    import k_diffusion.sampling
+
+    w = new_webui(make_webui, True, models=[V_SD1])
+    model = w.shared.sd_model
+    rec = Recorder(w)
+    state = GlobalState(w)
+    p, out = w.run("txt2img", prompt="a cat", steps=6, sampler_name=sampler, scheduler="Karras")
+    table = ztsnr_sigmas(model.alphas_cumprod_original)
+    want = k_diffusion.sampling.get_sigmas_exponential(6, float(table[0]), float(table[-1]))[:-1]
+    got = [float(s["sigma"][-1]) for s in rec.steps]
+    assert got == pytest.approx(want.tolist(), rel=1e-5)
+    assert call_timesteps(model)[0] == pytest.approx(999, abs=1e-3)
+    assert vpred_keys(out) == {**DEFAULT_INFOTEXT, "VPred spacing": "exponential (auto)"}
+    assert p.sampler_noise_scheduler_override is None
+    assert w.errors.reported == []
+    state.assert_unchanged()
+
+    before = len(rec.steps)
+    _, out = w.run(
+        "txt2img", prompt="a cat", steps=6, sampler_name=sampler, script_args=[True, "Auto", "Auto", "Trailing", 0.7]
+    )
+    got = [float(s["sigma"][-1]) for s in rec.steps[before:]]
+    assert got == pytest.approx([float(table[t]) for t in trailing_timesteps(6)], rel=1e-5)
+    assert vpred_keys(out)["VPred spacing"] == "trailing"
+    state.assert_unchanged()
+
+
+def test_hires_pass_with_auto_exponential_is_sliced_like_the_webuis_own_schedules(make_webui):
+    """Hires with DPM++ 2M (Auto -> exponential): steps 4 at strength 0.7 -> 5 virtual steps, t_enc 3, so the pass runs
+    exponential(5)[1:] (sd_samplers_common.setup_img2img_steps), the first pass (Euler) trailing(4)."""
+    import k_diffusion.sampling
+
+    w = new_webui(make_webui, True, models=[V_SD1])
+    model = w.shared.sd_model
+    rec = Recorder(w)
+    state = GlobalState(w)
+    p, out = w.run(
+        "txt2img",
+        prompt="a cat",
+        steps=4,
+        enable_hr=True,
+        hr_second_pass_steps=4,
+        denoising_strength=0.7,
+        hr_sampler_name="DPM++ 2M",
+    )
+    table = ztsnr_sigmas(model.alphas_cumprod_original)
+    first = [float(s["sigma"][-1]) for s in rec.steps if not s["is_hr_pass"]]
+    second = [float(s["sigma"][-1]) for s in rec.steps if s["is_hr_pass"]]
+    assert first == [float(table[t]) for t in trailing_timesteps(4)]
+    want = k_diffusion.sampling.get_sigmas_exponential(5, float(table[0]), float(table[-1]))[1:-1]
+    assert second == pytest.approx(want.tolist(), rel=1e-5)
+    assert p.sampler_noise_scheduler_override is None
     state.assert_unchanged()
 
 
@@ -168,7 +229,7 @@ def test_hires_fix_both_passes_get_the_plan(make_webui):
         enable_hr=True,
         hr_second_pass_steps=4,
         denoising_strength=0.7,
-        hr_sampler_name="DPM++ 2M",
+        hr_sampler_name="Euler a",
     )
     assert len(seen) == 2
     assert seen[0] is not seen[1]

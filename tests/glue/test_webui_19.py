@@ -34,7 +34,7 @@ def test_plan_is_applied_without_the_1_10_hook(webui_19, kind, kwargs):
     create_sampler = sd_samplers.create_sampler
     _, out = w.run(kind, prompt="a cat", steps=4, **kwargs)
     assert out.extra_generation_params["VPred ZTSNR"] == "on (auto)"
-    assert out.extra_generation_params["VPred spacing"] == "trailing"
+    assert out.extra_generation_params["VPred spacing"] == "trailing (auto)"
     first = [float(c[0]) for c in model.calls[:4]]
     assert first == [float(t) for t in spaced_timesteps(4, "trailing")]  # the first pass: trailing, from t=999
     assert sd_samplers.create_sampler is create_sampler  # the temporary wrapper is gone again

@@ -12,7 +12,7 @@ from lib_vpred import params
 from lib_vpred.params import ParamError, VPredParams
 
 FIRST_FIVE = ["enabled", "prediction", "ztsnr", "spacing", "cfg_rescale"]
-EXPECTED_DEFAULTS = {"enabled": True, "prediction": "Auto", "ztsnr": "Auto", "spacing": "Trailing", "cfg_rescale": 0.7}
+EXPECTED_DEFAULTS = {"enabled": True, "prediction": "Auto", "ztsnr": "Auto", "spacing": "Auto", "cfg_rescale": 0.7}
 
 
 # --- the table is the wire format ---------------------------------------------------------------------------------
@@ -150,7 +150,7 @@ def test_to_args_from_args_round_trip():
         ("prediction", 1, "'Auto', 'v-prediction', 'eps'"),
         ("ztsnr", None, "'Auto', 'On', 'Off'"),
         ("ztsnr", True, "'Auto', 'On', 'Off'"),
-        ("spacing", "leading", "'Trailing', 'Schedule type'"),
+        ("spacing", "leading", "'Auto', 'Trailing', 'Schedule type'"),
     ],
 )
 def test_bad_values_raise_param_error_naming_field(field: str, value, allowed: str):
@@ -320,3 +320,25 @@ def test_parse_infotext_output_always_valid():
     for infotext in samples:
         got = params.parse_infotext(infotext)
         assert params.from_dict(got) == params.defaults().replace(**got)
+
+
+@pytest.mark.parametrize(
+    ("written", "restored"),
+    [
+        ("trailing (auto)", "Auto"),  # Auto resolved per sampler: pasting restores Auto, which resolves the same way
+        ("exponential (auto)", "Auto"),
+        ("trailing", "Trailing"),  # an explicit choice (and every infotext written before Auto existed)
+        ("schedule type", "Schedule type"),
+    ],
+)
+def test_parse_infotext_spacing(written: str, restored: str):
+    assert params.parse_infotext({"VPred spacing": written}) == {"spacing": restored, "enabled": True}
+
+
+def test_spacing_auto_is_appended_to_the_choices_not_to_the_positional_order():
+    # Positional args are unchanged: spacing is still the fourth value, and the old values stay valid.
+    assert [p.name for p in params.PARAMS][:5] == FIRST_FIVE
+    assert params.from_args([True, "Auto", "Auto", "Trailing", 0.7]).spacing == "Trailing"
+    assert params.from_args([True, "Auto", "Auto", "Schedule type"]).spacing == "Schedule type"
+    assert params.from_args([True, "Auto", "Auto", "auto"]).spacing == "Auto"
+    assert params.from_args([True]).spacing == "Auto"

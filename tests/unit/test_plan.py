@@ -46,7 +46,7 @@ def test_sd1_vpred_defaults_apply_everything():
     assert plan.infotext() == {
         "VPred prediction": "v-prediction (auto)",
         "VPred ZTSNR": "on (auto)",
-        "VPred spacing": "trailing",
+        "VPred spacing": "trailing (auto)",
         "VPred CFG rescale": 0.7,
     }
     # one short line in plain words, true for every tab (no "first step at t=999": img2img starts lower)
@@ -247,10 +247,26 @@ def test_heun_under_ztsnr_takes_an_euler_first_step():
 @pytest.mark.parametrize(
     ("sampler", "scheduler", "warned"),
     [
+        # Karras / Exponential per sampler: the trained reference model's pass counts (plan.MEASURED_FINE_SCHEDULE_TYPES)
         ("Euler", "Karras", True),
+        ("Euler", "Exponential", False),
+        ("Euler a", "Karras", True),
         ("Euler a", "Exponential", True),
-        ("DPM++ 2M", "Karras", False),  # measured fine in bench_fidelity
-        ("DPM++ SDE", "Karras", False),
+        ("DPM++ 2M", "Karras", False),
+        ("DPM++ 2M", "Exponential", False),
+        ("DPM++ 2M SDE", "Karras", False),
+        ("DPM++ 2M SDE", "Exponential", False),
+        ("DPM++ SDE", "Karras", True),  # trained model: loses the most high band (proxy: fine)
+        ("DPM++ SDE", "Exponential", False),
+        ("Heun", "Karras", True),
+        ("Heun", "Exponential", True),
+        ("LMS", "Karras", True),
+        ("LMS", "Exponential", False),
+        # not on the trained model: the proxy's rule (fine with the DPM++ family, exponential integrators)
+        ("DPM++ 3M SDE", "Karras", False),
+        ("DPM2", "Karras", True),
+        ("DPM++ 2M", "Polyexponential", False),
+        ("Euler", "Polyexponential", True),
         ("DPM++ 2M", "Beta", True),  # harmful with every sampler
         ("Euler", "KL Optimal", True),
         ("Euler", "Uniform", False),
@@ -261,8 +277,78 @@ def test_schedule_type_warnings_under_ztsnr_follow_the_measurements(sampler, sch
     settings = DEFAULTS.replace(spacing="Schedule type")
     plan = decide(settings, SD1_V, SamplerFacts(sampler, KDIFFUSION, scheduler=scheduler))
     assert any("puts most steps far above sigma 14.6" in w for w in plan.warnings) is warned
-    # never with trailing spacing, never without ZTSNR
-    trailing = decide(DEFAULTS, SD1_V, SamplerFacts(sampler, KDIFFUSION, scheduler=scheduler))
-    assert not any("puts most steps" in w for w in trailing.warnings)
+    # never with our spacing (Auto or Trailing), never without ZTSNR
+    for spacing in ("Auto", "Trailing"):
+        ours = decide(DEFAULTS.replace(spacing=spacing), SD1_V, SamplerFacts(sampler, KDIFFUSION, scheduler=scheduler))
+        assert not any("puts most steps" in w for w in ours.warnings)
     off = decide(settings.replace(ztsnr="Off"), SD1_V, SamplerFacts(sampler, KDIFFUSION, scheduler=scheduler))
     assert not any("puts most steps" in w for w in off.warnings)
+
+
+# --- Timestep spacing: Auto --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sampler", "family", "resolved"),
+    [
+        ("DPM++ 2M", KDIFFUSION, "exponential"),  # bench_trained: Exponential 8 of 15 settings against trailing's 3
+        ("LMS", KDIFFUSION, "exponential"),  # 7 against 4
+        ("Euler", KDIFFUSION, "trailing"),
+        ("Euler a", KDIFFUSION, "trailing"),
+        ("DPM++ SDE", KDIFFUSION, "trailing"),
+        ("DPM++ 2M SDE", KDIFFUSION, "trailing"),
+        ("Heun", KDIFFUSION, "trailing"),
+        ("DPM++ 3M SDE", KDIFFUSION, "trailing"),  # unmeasured: the paper's choice
+        ("Restart", KDIFFUSION, "trailing"),
+        ("DDIM", TIMESTEP, "trailing"),
+        ("PLMS", TIMESTEP, "trailing"),
+        ("UniPC", TIMESTEP, "trailing"),
+    ],
+)
+def test_auto_spacing_resolves_per_sampler_and_is_recorded(sampler, family, resolved):
+    plan = decide(DEFAULTS, SD1_V, SamplerFacts(sampler, family, scheduler="Karras"))
+    assert plan.active and plan.spacing_auto
+    assert plan.spacing == resolved
+    assert plan.trailing is (resolved == "trailing")
+    assert plan.overrides_schedule
+    assert plan.infotext()["VPred spacing"] == f"{resolved} (auto)"
+    assert plan.summary().split(" · ")[1] == resolved
+    # the selected Schedule type is replaced, so it never warns
+    assert not any("schedule type" in w.lower() for w in plan.warnings)
+    # an explicit choice wins over Auto, and is recorded without "(auto)"
+    explicit = decide(DEFAULTS.replace(spacing="Trailing"), SD1_V, SamplerFacts(sampler, family))
+    assert (explicit.spacing, explicit.spacing_auto) == ("trailing", False)
+    assert explicit.infotext()["VPred spacing"] == "trailing"
+    own = decide(DEFAULTS.replace(spacing="Schedule type"), SD1_V, SamplerFacts(sampler, family))
+    assert (own.spacing, own.overrides_schedule) == ("schedule type", False)
+
+
+def test_auto_exponential_status_and_discard_warning():
+    plan = decide(DEFAULTS, SD1_V, SamplerFacts("DPM++ 2M", KDIFFUSION, discards_penultimate_sigma=True))
+    assert plan.status() == "v-prediction + zero terminal SNR, exponential steps from pure noise, CFG rescale 0.7"
+    assert plan.summary() == "v-pred + ZTSNR · exponential · φ 0.7 · ⚠"
+    assert "DPM++ 2M discards the penultimate sigma, so its exponential schedule has one step fewer" in plan.warnings
+
+
+def test_auto_spacing_round_trips_through_the_infotext():
+    for sampler in ("DPM++ 2M", "Euler"):
+        plan = decide(DEFAULTS, SD1_V, SamplerFacts(sampler, KDIFFUSION))
+        restored = vp.parse_infotext({k: str(v) for k, v in plan.infotext().items()})
+        assert restored["spacing"] == "Auto"
+        again = decide(DEFAULTS.replace(**restored), SD1_V, SamplerFacts(sampler, KDIFFUSION))
+        assert again.infotext() == plan.infotext()
+
+
+def test_auto_never_gives_a_timestep_sampler_a_sigma_schedule(monkeypatch):
+    from lib_vpred import plan as plan_mod
+
+    monkeypatch.setattr(plan_mod, "AUTO_SPACING", {"DDIM": plan_mod.EXPONENTIAL})
+    assert plan_mod.auto_spacing("DDIM") == "exponential"
+    plan = decide(DEFAULTS, SD1_V, SamplerFacts("DDIM", TIMESTEP))
+    assert plan.spacing == "trailing"
+
+
+def test_auto_spacing_on_eps_and_when_disabled_changes_nothing():
+    assert not decide(DEFAULTS, SD1_EPS, SamplerFacts("DPM++ 2M", KDIFFUSION)).active
+    off = decide(DEFAULTS.replace(enabled=False), SD1_V, SamplerFacts("DPM++ 2M", KDIFFUSION))
+    assert not off.active and off.infotext() == {"VPred": "disabled"}

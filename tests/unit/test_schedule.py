@@ -452,3 +452,52 @@ def test_trailing_sigmas_match_k_diffusion_t_to_sigma(ztsnr32: torch.Tensor):
     torch.testing.assert_close(out[:-1], kd.t_to_sigma(t), rtol=1e-5, atol=0)
     # and k-diffusion maps them back to the same integer timesteps
     torch.testing.assert_close(kd.sigma_to_t(out[:-1]), t, rtol=0, atol=1e-3)
+
+
+# --- exponential_sigmas (Timestep spacing: Auto for DPM++ 2M and LMS) -------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 2, 10, 20, 30, 150])
+@pytest.mark.parametrize("which", ["ztsnr", "stock"])
+def test_exponential_sigmas_equal_k_diffusion_exponential_over_the_table(
+    sd_abar64: torch.Tensor, ztsnr32: torch.Tensor, n: int, which: str
+):
+    """Independent reference: k-diffusion's ``get_sigmas_exponential`` called the way the WebUI calls its Exponential
+    schedule type (``sigma_min, sigma_max = model_wrap.sigmas[0], [-1]``), on a k-diffusion wrapper's own table."""
+    import k_diffusion.sampling
+
+    table = ztsnr32 if which == "ztsnr" else sd_abar64.to(torch.float32)
+    wrap = CompVisVDenoiser(FakeCompVisModel(table))
+    want = k_diffusion.sampling.get_sigmas_exponential(n, wrap.sigmas[0].item(), wrap.sigmas[-1].item())
+    got = schedule.exponential_sigmas(wrap.sigmas, n)
+    assert got.shape == (n + 1,) and got.dtype == wrap.sigmas.dtype
+    torch.testing.assert_close(got, want.to(got.dtype), rtol=1e-5, atol=0)
+    assert got[-1].item() == 0.0 and bool((got[1:] < got[:-1]).all())
+
+
+def test_exponential_sigmas_start_at_pure_noise_and_end_at_sigma_min(ztsnr32: torch.Tensor):
+    model_sigmas = schedule.sigmas_from_alphas_cumprod(ztsnr32)
+    out = schedule.exponential_sigmas(model_sigmas, 20).double()
+    # float64 from the paper's formulas (np_ztsnr_alphas_cumprod): log-even from sigma_T to sigma_0
+    ref = np_sigmas(np_ztsnr_alphas_cumprod())
+    want = np.append(np.exp(np.linspace(np.log(ref[-1]), np.log(ref[0]), 20)), 0.0)
+    # the input table is float32 (sigma_min to ~1e-5 relative), spread over the log range
+    np.testing.assert_allclose(out.numpy(), want, rtol=3e-5, atol=0)
+    assert out[0].item() == pytest.approx(4518.76, abs=0.01)  # t = 999, where trailing starts too
+    assert out[-2].item() == pytest.approx(0.0292, abs=1e-4)  # where trailing stops at 0.231 (t = 49)
+
+
+@pytest.mark.parametrize("steps", [0, -1, 2.0, True])
+def test_exponential_sigmas_bad_steps(ztsnr32: torch.Tensor, steps):
+    with pytest.raises(ValueError, match="steps"):
+        schedule.exponential_sigmas(schedule.sigmas_from_alphas_cumprod(ztsnr32), steps)
+
+
+def test_spacing_sigmas_dispatch(ztsnr32: torch.Tensor):
+    model_sigmas = schedule.sigmas_from_alphas_cumprod(ztsnr32)
+    assert torch.equal(schedule.spacing_sigmas("trailing", model_sigmas, 7), schedule.trailing_sigmas(model_sigmas, 7))
+    assert torch.equal(
+        schedule.spacing_sigmas("exponential", model_sigmas, 7), schedule.exponential_sigmas(model_sigmas, 7)
+    )
+    with pytest.raises(ValueError, match="spacing must be one of trailing, exponential"):
+        schedule.spacing_sigmas("karras", model_sigmas, 7)

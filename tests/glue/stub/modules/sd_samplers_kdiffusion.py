@@ -18,6 +18,7 @@ samplers_k_diffusion = [
     ("Euler a", "sample_euler_ancestral", ["k_euler_a"], {"uses_ensd": True}),
     ("Euler", "sample_euler", ["k_euler"], {}),
     ("Heun", "sample_heun", ["k_heun"], {"second_order": True}),
+    ("LMS", "sample_lms", ["k_lms"], {}),
     (
         "DPM2",
         "sample_dpm_2",
