@@ -68,7 +68,7 @@ import data as refdata  # noqa: E402
 import exact  # noqa: E402
 from net import NULL_LABEL, CompVisModel, TinyUNet  # noqa: E402
 
-from lib_vpred import guidance, timestep  # noqa: E402
+from lib_vpred import guidance, plan, timestep  # noqa: E402
 from lib_vpred.sampling import with_euler_first_step  # noqa: E402
 from lib_vpred.schedule import (  # noqa: E402
     scaled_linear_alphas_cumprod,
@@ -547,35 +547,56 @@ def candidates(rows: Sequence[Row], sampler: str, steps: int, cfg: float, phi: f
     }
 
 
+#: The extension's default spacing (``Timestep spacing: Auto``), resolved per sampler by the plan's own table.
+AUTO = "auto"
+
+
+def resolve(schedule: str, sampler: str) -> str:
+    """The grid schedule that ``schedule`` means for ``sampler``: ``auto`` is :func:`lib_vpred.plan.auto_spacing`
+    (``"trailing"`` or ``"exponential"``, the grid's names for the same sigmas); timestep samplers take trailing."""
+    if schedule != AUTO:
+        return schedule
+    return "trailing" if sampler in TIMESTEP_SCHEDULES else plan.auto_spacing(sampler)
+
+
 def verdicts(rows: Sequence[Row], steps: int, cfg: float, phi: float, default: str = "trailing") -> list[str]:
-    """Per sampler: the best schedule per acceptance metric, and whether ``default`` is within 10 % of it. A miss is
-    marked ``MISS`` when the gap exceeds 2 paired bootstrap SE, ``miss~`` when it is within the sampling noise."""
+    """Per sampler: the best schedule per acceptance metric, and whether ``default`` (a schedule, or ``auto``) is within
+    10 % of it. A miss is marked ``MISS`` when the gap exceeds 2 paired bootstrap SE, ``miss~`` when it is within the
+    sampling noise."""
     lines = [f"best schedule per sampler at {steps} steps, CFG {cfg:g}, phi {phi:g} (default under test: {default}):"]
     for sampler in SAMPLERS:
         cand = candidates(rows, sampler, steps, cfg, phi)
-        if default not in cand:
+        chosen = resolve(default, sampler)
+        if chosen not in cand:
             continue
         parts, ok_all = [], True
         for metric in ACCEPT_METRICS:
             best = min(cand.values(), key=lambda r, m=metric: error(m, r.value[m]))
-            ok, significant = within(metric, cand[default], best)
+            ok, significant = within(metric, cand[chosen], best)
             ok_all &= ok
             mark = "ok" if ok else ("MISS" if significant else "miss~")
             parts.append(
-                f"{metric} best {best.schedule} {best.value[metric]:.2f} vs {cand[default].value[metric]:.2f} {mark}"
+                f"{metric} best {best.schedule} {best.value[metric]:.2f} vs {cand[chosen].value[metric]:.2f} {mark}"
             )
-        lines.append(f"  {sampler:12s} {'ALL OK' if ok_all else 'miss  '}  " + "; ".join(parts))
+        name = f"{sampler} ({chosen})" if default == AUTO else sampler
+        lines.append(f"  {name:26s} {'ALL OK' if ok_all else 'miss  '}  " + "; ".join(parts))
     return lines
+
+
+#: The grid's schedules that are WebUI schedule types, by their label (for the plan's warning rule).
+SCHEDULE_TYPE_LABELS = {"karras": "Karras", "exponential": "Exponential", "sgm_uniform": "SGM Uniform"}
 
 
 def pass_counts(rows: Sequence[Row], settings: dict) -> list[str]:
     """For every sampler and schedule: in how many (steps, CFG, phi) settings of the grid the schedule is within 10 %
     of that setting's best schedule on all of bstd, high and swd (misses within 2 paired SE forgiven in brackets)."""
     settings_list = [(st, cfg, phi) for st in settings["steps"] for cfg, phi in settings["guidance"]]
-    head = f"{'sampler':12s} " + " ".join(f"{s:>12s}" for s in SCHEDULES)
+    head = f"{'sampler':12s} " + " ".join(f"{s:>12s}" for s in (*SCHEDULES, AUTO))
     lines = [
         f"settings (of {len(settings_list)}: steps x guidance) in which a schedule is within 10 % of the best on "
-        "bstd, high and swd [counting misses within 2 paired SE as passes]:",
+        "bstd, high and swd [counting misses within 2 paired SE as passes]; ! = the plan warns about this schedule "
+        "type with 'Timestep spacing: Schedule type' (lib_vpred.plan.schedule_type_loses_detail); auto = the "
+        "extension's default (Timestep spacing: Auto):",
         head,
     ]
     for sampler in SAMPLERS:
@@ -592,8 +613,11 @@ def pass_counts(rows: Sequence[Row], settings: dict) -> list[str]:
                 ]
                 strict += all(ok for ok, _ in res)
                 lenient += all(ok or not sig for ok, sig in res)
-            counts[schedule] = f"{strict} [{lenient}]"
-        lines.append(f"{sampler:12s} " + " ".join(f"{counts.get(s, '-'):>12s}" for s in SCHEDULES))
+            label = SCHEDULE_TYPE_LABELS.get(schedule)
+            warned = label is not None and plan.schedule_type_loses_detail(label, sampler)
+            counts[schedule] = f"{strict} [{lenient}]" + ("!" if warned else "")
+        counts[AUTO] = f"{counts.get(resolve(AUTO, sampler), '-').rstrip('!')} ({resolve(AUTO, sampler)[:5]})"
+        lines.append(f"{sampler:12s} " + " ".join(f"{counts.get(s, '-'):>12s}" for s in (*SCHEDULES, AUTO)))
     return lines
 
 
@@ -803,9 +827,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for line in format_rows(rows, steps, cfg, phi):
                 print(line)
     print()
-    for cfg, phi in settings["guidance"]:
-        for line in verdicts(rows, headline, cfg, phi):
-            print(line)
+    for default in ("trailing", AUTO):
+        for cfg, phi in settings["guidance"]:
+            for line in verdicts(rows, headline, cfg, phi, default):
+                print(line)
     for line in pass_counts(rows, settings):
         print(line)
     for line in best_phi(rows, headline):

@@ -151,8 +151,11 @@ PARAMS: tuple[Param, ...] = (
 )
 
 PARAMS_BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}
+#: The hires pass's resolved spacing, written only when it differs from the first pass's ``VPred spacing`` (``Auto``
+#: gives img2img and hires passes trailing). Informational: pasting restores the spacing control from ``VPred spacing``.
+HIRES_SPACING_KEY = "VPred hires spacing"
 #: Every infotext key this extension writes.
-INFOTEXT_KEYS: frozenset[str] = frozenset(p.infotext_key for p in PARAMS if p.infotext_key)
+INFOTEXT_KEYS: frozenset[str] = frozenset(p.infotext_key for p in PARAMS if p.infotext_key) | {HIRES_SPACING_KEY}
 
 
 @dataclasses.dataclass(frozen=True)

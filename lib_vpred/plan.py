@@ -134,6 +134,8 @@ class SamplerFacts:
     scheduler: str | None = None
     #: Other active CFG rescalers, by infotext key found on ``p`` (e.g. "CFG Rescale" of CFG_Rescale_webui).
     other_cfg_rescalers: tuple[str, ...] = ()
+    #: The pass starts part-way down its schedule (img2img, the hires pass): the denoising strength slices it.
+    partial_denoise: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -401,12 +403,15 @@ def decide(params: VPredParams, model: ModelFacts, sampler: SamplerFacts) -> Pla
 
 
 def _decide_spacing(params: VPredParams, sampler: SamplerFacts) -> tuple[str, bool]:
-    """(resolved spacing, picked by Auto). Auto: :func:`auto_spacing` of the sampler."""
+    """(resolved spacing, picked by Auto). Auto: :func:`auto_spacing` of the sampler for passes from pure noise;
+    trailing for img2img and hires passes, whose denoising strength slices the schedule by step count: exponential
+    steps crowd at high noise, so strength 0.5 of 20 steps would start at t = 887 (sigma 15.7), almost a full re-noise,
+    where trailing starts at t = 549 (README "Troubleshooting"; the benchmarks measured passes from pure noise)."""
     if params.spacing == "Trailing":
         return TRAILING, False
     if params.spacing == "Schedule type":
         return SCHEDULE_TYPE, False
-    return auto_spacing(sampler.name), True
+    return (TRAILING if sampler.partial_denoise else auto_spacing(sampler.name)), True
 
 
 def _decide_eps_on_v(model: ModelFacts, ztsnr_auto: bool, reasons: list[str]) -> Plan:

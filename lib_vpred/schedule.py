@@ -182,17 +182,18 @@ def exponential_sigmas(model_sigmas: torch.Tensor, steps: int) -> torch.Tensor:
     sigma_max)`` called with the model's own range, A1111 v1.10.1 ``modules/sd_samplers_kdiffusion.py:93``).
 
     Under ZTSNR it starts at sigma_max ~ 4518.76 (t = T - 1, like trailing) and ends at sigma_min ~ 0.029, where
-    trailing ends at the sigma of t = T/steps - 1 (0.231 at 20 steps): the measured better choice for multistep
-    solvers (README "Benchmarks"). Maths in float64; the result has ``steps + 1`` entries, on ``model_sigmas``'s
-    device and dtype.
+    trailing ends at the sigma of t = T/steps - 1 (0.231 at 20 steps): the measured better choice for some multistep
+    samplers (README "Benchmarks"). Computed as the WebUI computes that schedule type (the float32 table's ends as
+    Python floats, a float32 ``linspace`` of their logs), so that ``Timestep spacing: Auto`` giving exponential and
+    ``Schedule type: Exponential`` on the same table are the same sigmas bit for bit (the rounding is ~1e-6 relative).
+    The result has ``steps + 1`` entries, on ``model_sigmas``'s device and dtype.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
-    table = model_sigmas.detach().to(torch.float64)
-    sigma_min, sigma_max = float(table.min()), float(table.max())
+    sigma_min, sigma_max = float(model_sigmas.detach().min()), float(model_sigmas.detach().max())
     if not 0.0 < sigma_min <= sigma_max or not math.isfinite(sigma_max):
         raise ValueError(f"model sigmas must be positive and finite, got range [{sigma_min}, {sigma_max}]")
-    log_sigmas = torch.linspace(math.log(sigma_max), math.log(sigma_min), steps, dtype=torch.float64)
+    log_sigmas = torch.linspace(math.log(sigma_max), math.log(sigma_min), steps, dtype=torch.float32)
     sigmas = torch.cat([log_sigmas.exp(), log_sigmas.new_zeros(1)])
     return sigmas.to(device=model_sigmas.device, dtype=model_sigmas.dtype)
 

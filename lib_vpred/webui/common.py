@@ -16,7 +16,13 @@ from typing import Any
 import torch
 
 from lib_vpred import detect, schedule
-from lib_vpred.params import LEGACY_CFG_RESCALE_KEYS, find_checkpoint_override, parse_checkpoint_overrides
+from lib_vpred.params import (
+    HIRES_SPACING_KEY,
+    LEGACY_CFG_RESCALE_KEYS,
+    PARAMS_BY_NAME,
+    find_checkpoint_override,
+    parse_checkpoint_overrides,
+)
 from lib_vpred.plan import KDIFFUSION, OTHER, TIMESTEP, TRAILING, SamplerFacts
 
 ATTR_SAVED_OVERRIDE = "_vpred_saved_scheduler_override"  # on p: the override that was there before ours
@@ -144,7 +150,29 @@ def sampler_facts(sampler: Any, opts: Any, p: Any = None) -> SamplerFacts:
         discards_penultimate_sigma=discards,
         scheduler=scheduler_label(p, sampler) if p is not None else None,
         other_cfg_rescalers=other_cfg_rescalers(p) if p is not None else (),
+        partial_denoise=p is not None and is_partial_denoise(p),
     )
+
+
+def is_partial_denoise(p: Any) -> bool:
+    """The pass starts part-way down its schedule: the hires pass, or any img2img (``StableDiffusionProcessingImg2Img``
+    in A1111, Forge and reForge alike; matched by class name so that subclasses such as inpainting count too)."""
+    if getattr(p, "is_hr_pass", False):
+        return True
+    return any(cls.__name__ == "StableDiffusionProcessingImg2Img" for cls in type(p).__mro__)
+
+
+def record_infotext(p: Any, plan: Any) -> None:
+    """Write ``plan``'s infotext keys on ``p``. The hires pass keeps the first pass's ``VPred spacing`` and writes its
+    own as ``VPred hires spacing`` when it differs (with ``Auto``, e.g. exponential for DPM++ 2M, then trailing)."""
+    keys = plan.infotext()
+    written = p.extra_generation_params
+    spacing_key = PARAMS_BY_NAME["spacing"].infotext_key
+    if getattr(p, "is_hr_pass", False) and spacing_key in keys and spacing_key in written:
+        own = keys.pop(spacing_key)
+        if own != written[spacing_key]:
+            keys[HIRES_SPACING_KEY] = own
+    written.update(keys)
 
 
 class SpacingSchedule:

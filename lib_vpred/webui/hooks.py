@@ -195,7 +195,7 @@ def apply_plan(p: Any, plan: Plan, params: VPredParams, sd_model: Any, opts: Any
     that a refiner our plan applies to is still handled after the switch)."""
     common.restore_scheduler_override(p)
     if not plan.active:
-        p.extra_generation_params.update(plan.infotext())
+        common.record_infotext(p, plan)
         sampler = getattr(p, "sampler", None)
         if (
             params.enabled
@@ -209,7 +209,7 @@ def apply_plan(p: Any, plan: Plan, params: VPredParams, sd_model: Any, opts: Any
     sampler = p.sampler
     if sampler_family(sampler) == TIMESTEP:
         if timestep_glue.apply(p, plan, sd_model, opts):
-            p.extra_generation_params.update(plan.infotext())
+            common.record_infotext(p, plan)
         return
     cfg = sampler.model_wrap_cfg
     sampler.model_wrap = _fit_denoiser(cfg, plan, sd_model, opts)
@@ -219,7 +219,7 @@ def apply_plan(p: Any, plan: Plan, params: VPredParams, sd_model: Any, opts: Any
         setattr(sampler, ATTR_EULER_FIRST, True)
     setattr(cfg, ATTR_PLAN, plan)
     setattr(cfg, ATTR_PARAMS, params)
-    p.extra_generation_params.update(plan.infotext())
+    common.record_infotext(p, plan)
 
 
 def restore_p(p: Any) -> None:

@@ -152,7 +152,7 @@ class PatcherHost:
         hosts call it twice for the hires pass (after resetting ``forge_objects`` in between)."""
         common.restore_scheduler_override(p)
         if not plan.active:
-            p.extra_generation_params.update(plan.infotext())
+            common.record_infotext(p, plan)
             return
         sampler = p.sampler
         family = common.sampler_family(sampler)
@@ -164,7 +164,7 @@ class PatcherHost:
             common.set_spacing_override(p, sampler, plan)
         if plan.cfg_rescale > 0:
             install_cfg_rescale(p.sd_model, plan.cfg_rescale)
-        p.extra_generation_params.update(plan.infotext())
+        common.record_infotext(p, plan)
 
     def _install(self, sampler: Any, family: str, plan: Plan, sd_model: Any) -> bool:
         """Wrap this pass's sampler (once); False when the plan cannot be applied here (nothing changed)."""

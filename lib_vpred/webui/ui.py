@@ -543,7 +543,15 @@ def render_pass(
     scheduler = sd_schedulers.schedulers_map.get(scheduler_name) if scheduler_name else None
     shown = scheduler.label if scheduler is not None else None
     plan = decide(
-        params, facts, SamplerFacts(name=name, family=family, discards_penultimate_sigma=discards, scheduler=shown)
+        params,
+        facts,
+        SamplerFacts(
+            name=name,
+            family=family,
+            discards_penultimate_sigma=discards,
+            scheduler=shown,
+            partial_denoise=spec.denoise is not None,
+        ),
     )
     stock = stock_table(sd_model)
     if stock is None:

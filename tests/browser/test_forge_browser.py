@@ -67,7 +67,7 @@ def test_panel_on_forge_is_closed_and_summarises_the_loaded_v_checkpoint(forge_p
     ui.tab(tab)
     ui.el(tab, "panel").wait_for(state="visible")
     text = _wait_header(ui, tab, r"v-pred \+ ZTSNR")
-    assert re.search(r"v-pred \+ ZTSNR · trailing · φ 0\.7", text), text
+    assert re.search(r"v-pred \+ ZTSNR · (trailing|exponential) · φ 0\.7", text), text
     assert not ui.el(tab, "prediction").is_visible()  # closed by default
     ui.open(tab)
     status = ui.wait_text(tab, "status", r"v-prediction")

@@ -193,7 +193,8 @@ def test_closed_panel_is_short_and_its_header_says_what_will_happen(ui: Page, ta
         timeout=30_000,
     )
     text = header.inner_text()
-    assert re.search(r"v-pred \+ ZTSNR · trailing · φ 0\.7", text), text
+    # Timestep spacing Auto: exponential for the WebUI's default sampler DPM++ 2M, trailing for most others
+    assert re.search(r"v-pred \+ ZTSNR · (trailing|exponential) · φ 0\.7", text), text
     box = ui.el(tab, "panel").bounding_box()
     assert box is not None
     assert box["height"] < 80, box
@@ -283,7 +284,7 @@ def test_status_and_preview_follow_the_controls_and_the_webui(ui: Page):
     tab = "txt2img"
     status, preview = refresh(ui, tab)
     assert "v-prediction + zero terminal SNR" in status, status
-    assert "trailing" in preview, preview
+    assert re.search(r"(trailing|exponential) \(VPred\)", preview), preview
     # the WebUI's steps
     ui.set_number("#txt2img_steps", 10)
     preview = ui.wait_text(tab, "preview", r"\b10 steps")
@@ -360,6 +361,31 @@ def test_preview_says_when_trailing_replaces_the_schedule_type(ui: Page):
     ui.dropdown("#txt2img_scheduler", "Karras")
     preview = ui.wait_text(tab, "preview", r"Karras")
     assert "replacing the selected Schedule type Karras" in preview, preview
+
+
+def test_auto_spacing_follows_the_tabs_sampler(ui: Page):
+    """Timestep spacing: Auto is the default; with DPM++ 2M the preview, status and header say exponential (from
+    t = 999), with Euler trailing; Trailing forces trailing for DPM++ 2M too."""
+    tab = "txt2img"
+    ui.open(tab)
+    assert ui.radio_value(tab, "spacing") == "Auto"
+    ui.set_number("#txt2img_steps", 20)
+    ui.dropdown("#txt2img_sampling", "DPM++ 2M")
+    preview = ui.wait_text(tab, "preview", r"DPM\+\+ 2M, exponential \(VPred\)")
+    assert re.search(r"\b999\b", preview), preview
+    assert "exponential steps from pure noise" in ui.wait_text(tab, "status", r"exponential")
+    ui.page.wait_for_function(
+        "(sel) => /· exponential ·/.test(document.querySelector(sel).innerText)",
+        arg=f"#script_{tab}_vpred_panel .label-wrap",
+        timeout=30_000,
+    )
+    ui.dropdown("#txt2img_sampling", "Euler")
+    ui.wait_text(tab, "preview", r"Euler, trailing \(VPred\)")
+    ui.wait_text(tab, "status", r"trailing steps")
+    ui.dropdown("#txt2img_sampling", "DPM++ 2M")
+    ui.radio(tab, "spacing", "Trailing")
+    ui.wait_text(tab, "preview", r"DPM\+\+ 2M, trailing \(VPred\)")
+    ui.radio(tab, "spacing", "Auto")
 
 
 def test_preview_warnings_follow_the_readme_rule_and_t_is_whole(ui: Page):
@@ -454,7 +480,7 @@ def test_generate_writes_every_vpred_key_and_send_to_img2img_keeps_the_controls(
     ui.set_number(f"#script_{tab}_vpred_cfg_rescale", 0.4)
     text = generate_small(ui, tab)
     # every key of an active pass (the master key "VPred" is written only as "VPred: disabled")
-    for key in sorted(vp.INFOTEXT_KEYS - {vp.PARAMS_BY_NAME["enabled"].infotext_key}):
+    for key in sorted(vp.INFOTEXT_KEYS - {vp.PARAMS_BY_NAME["enabled"].infotext_key, vp.HIRES_SPACING_KEY}):
         assert re.search(rf"(^|, ){re.escape(key)}: ", text), (key, text)
     assert "VPred CFG rescale: 0.4" in text
     # Send to img2img: the img2img panel takes the same values

@@ -16,7 +16,6 @@ import k_diffusion.sampling
 import pytest
 import torch
 
-from lib_vpred import params as vp
 from tests.glue.test_support import EPS_SD1, V_SD1, new_webui
 
 pytestmark = pytest.mark.glue
@@ -79,14 +78,6 @@ def _listener(blocks, component):
 
 def _controls(script):
     return [c.value for c in script.vpred_controls]
-
-
-def _trailing(script):
-    """The controls with Timestep spacing: Trailing (the stand-in's default sampler is DPM++ 2M, which Auto gives
-    exponential spacing)."""
-    values = _controls(script)
-    values[[p.name for p in vp.PARAMS].index("spacing")] = "Trailing"
-    return values
 
 
 STEPS = (gr.Slider, "txt2img_steps", {"minimum": 1, "maximum": 150, "step": 1, "value": 20})
@@ -175,7 +166,8 @@ def test_img2img_preview_starts_where_the_webui_slices(make_webui):
     w = new_webui(make_webui, models=(V_SD1,))
     blocks, script, _runner, created = _tab(w, True, after=[I2I_DENOISE])
     on_denoise = _listener(blocks, created["img2img_denoising_strength"])
-    _state, _status, preview, _header = on_denoise(0.5, {}, *_trailing(script))
+    _state, _status, preview, _header = on_denoise(0.5, {}, *_controls(script))
+    # Auto gives img2img trailing whatever the sampler (the stand-in's default is DPM++ 2M, exponential in txt2img)
     # setup_img2img_steps: t_enc = int(0.5 * 20) = 10; sigma_sched = sigmas[20 - 10 - 1:], trailing t = 999 - 50 * 9
     steps, t_enc = 20, int(0.5 * 20)
     start = steps - t_enc - 1
@@ -191,7 +183,7 @@ def test_hires_pass_preview(make_webui):
     hr_denoise = (gr.Slider, "txt2img_denoising_strength", {"minimum": 0, "maximum": 1, "value": 0.7})
     blocks, script, _runner, created = _tab(w, False, before=[STEPS, hr], after=[hr_denoise])
     _state, _status, preview, _header = _listener(blocks, created["txt2img_denoising_strength"])(
-        0.7, {}, *_trailing(script)
+        0.7, {}, *_controls(script)
     )
     # hires: steps given -> virtual int(20 / 0.7) = 28, t_enc = 19, start 28 - 19 - 1 = 8; trailing t(8) of 28
     virtual = int(20 / 0.7)

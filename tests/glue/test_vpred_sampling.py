@@ -136,9 +136,12 @@ def test_auto_spacing_gives_dpmpp_2m_and_lms_exponential_sigmas_from_sigma_max(m
     state.assert_unchanged()
 
 
-def test_hires_pass_with_auto_exponential_is_sliced_like_the_webuis_own_schedules(make_webui):
-    """Hires with DPM++ 2M (Auto -> exponential): steps 4 at strength 0.7 -> 5 virtual steps, t_enc 3, so the pass runs
-    exponential(5)[1:] (sd_samplers_common.setup_img2img_steps), the first pass (Euler) trailing(4)."""
+def test_auto_gives_img2img_and_hires_passes_trailing_and_the_infotext_says_so(make_webui):
+    """Auto picks exponential only for passes from pure noise: a hires pass (and img2img) slices its schedule by the
+    denoising strength, and exponential steps crowd at high noise (strength 0.7 of 5 virtual steps would start at
+    sigma 84), so it gets trailing: steps 4 at strength 0.7 -> 5 virtual steps, t_enc 3, trailing(5)[1:] =
+    t 799, 599, 399, 199. The first pass (DPM++ 2M) keeps ``VPred spacing: exponential (auto)``; the hires pass's
+    differing spacing is ``VPred hires spacing: trailing (auto)``."""
     import k_diffusion.sampling
 
     w = new_webui(make_webui, True, models=[V_SD1])
@@ -149,6 +152,7 @@ def test_hires_pass_with_auto_exponential_is_sliced_like_the_webuis_own_schedule
         "txt2img",
         prompt="a cat",
         steps=4,
+        sampler_name="DPM++ 2M",
         enable_hr=True,
         hr_second_pass_steps=4,
         denoising_strength=0.7,
@@ -157,10 +161,20 @@ def test_hires_pass_with_auto_exponential_is_sliced_like_the_webuis_own_schedule
     table = ztsnr_sigmas(model.alphas_cumprod_original)
     first = [float(s["sigma"][-1]) for s in rec.steps if not s["is_hr_pass"]]
     second = [float(s["sigma"][-1]) for s in rec.steps if s["is_hr_pass"]]
-    assert first == [float(table[t]) for t in trailing_timesteps(4)]
-    want = k_diffusion.sampling.get_sigmas_exponential(5, float(table[0]), float(table[-1]))[1:-1]
-    assert second == pytest.approx(want.tolist(), rel=1e-5)
+    want = k_diffusion.sampling.get_sigmas_exponential(4, float(table[0]), float(table[-1]))[:-1]
+    assert first == pytest.approx(want.tolist(), rel=1e-5)
+    assert second == [float(table[t]) for t in trailing_timesteps(5)[1:]]
+    assert vpred_keys(out) == {
+        **DEFAULT_INFOTEXT,
+        "VPred spacing": "exponential (auto)",
+        "VPred hires spacing": "trailing (auto)",
+    }
     assert p.sampler_noise_scheduler_override is None
+
+    before = len(rec.steps)
+    _, img = w.run("img2img", prompt="a cat", steps=4, denoising_strength=0.5, sampler_name="DPM++ 2M", seed=7)
+    assert [float(s["sigma"][-1]) for s in rec.steps[before:]] == [float(table[t]) for t in trailing_timesteps(4)[1:]]
+    assert vpred_keys(img) == DEFAULT_INFOTEXT
     state.assert_unchanged()
 
 

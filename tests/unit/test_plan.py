@@ -307,7 +307,8 @@ def test_schedule_type_warnings_under_ztsnr_follow_the_measurements(sampler, sch
 )
 def test_auto_spacing_resolves_per_sampler_and_is_recorded(sampler, family, resolved):
     plan = decide(DEFAULTS, SD1_V, SamplerFacts(sampler, family, scheduler="Karras"))
-    assert plan.active and plan.spacing_auto
+    assert plan.active
+    assert plan.spacing_auto
     assert plan.spacing == resolved
     assert plan.trailing is (resolved == "trailing")
     assert plan.overrides_schedule
@@ -351,4 +352,17 @@ def test_auto_never_gives_a_timestep_sampler_a_sigma_schedule(monkeypatch):
 def test_auto_spacing_on_eps_and_when_disabled_changes_nothing():
     assert not decide(DEFAULTS, SD1_EPS, SamplerFacts("DPM++ 2M", KDIFFUSION)).active
     off = decide(DEFAULTS.replace(enabled=False), SD1_V, SamplerFacts("DPM++ 2M", KDIFFUSION))
-    assert not off.active and off.infotext() == {"VPred": "disabled"}
+    assert not off.active
+    assert off.infotext() == {"VPred": "disabled"}
+
+
+@pytest.mark.parametrize("sampler", ["DPM++ 2M", "LMS"])
+def test_auto_gives_img2img_and_hires_passes_trailing(sampler):
+    """A pass that starts part-way (img2img, hires) is sliced by its denoising strength: exponential steps crowd at
+    high noise, so Auto keeps trailing there; explicit choices are unaffected."""
+    partial = SamplerFacts(sampler, KDIFFUSION, partial_denoise=True)
+    plan = decide(DEFAULTS, SD1_V, partial)
+    assert (plan.spacing, plan.spacing_auto) == ("trailing", True)
+    assert plan.infotext()["VPred spacing"] == "trailing (auto)"
+    assert decide(DEFAULTS.replace(spacing="Schedule type"), SD1_V, partial).spacing == "schedule type"
+    assert decide(DEFAULTS, SD1_V, SamplerFacts(sampler, KDIFFUSION)).spacing == "exponential"

@@ -470,9 +470,12 @@ def test_exponential_sigmas_equal_k_diffusion_exponential_over_the_table(
     wrap = CompVisVDenoiser(FakeCompVisModel(table))
     want = k_diffusion.sampling.get_sigmas_exponential(n, wrap.sigmas[0].item(), wrap.sigmas[-1].item())
     got = schedule.exponential_sigmas(wrap.sigmas, n)
-    assert got.shape == (n + 1,) and got.dtype == wrap.sigmas.dtype
-    torch.testing.assert_close(got, want.to(got.dtype), rtol=1e-5, atol=0)
-    assert got[-1].item() == 0.0 and bool((got[1:] < got[:-1]).all())
+    assert got.shape == (n + 1,)
+    assert got.dtype == wrap.sigmas.dtype
+    # bit for bit: Auto's exponential and the WebUI's Exponential schedule type give the same image
+    assert torch.equal(got, want), (got, want)
+    assert got[-1].item() == 0.0
+    assert bool((got[1:] < got[:-1]).all())
 
 
 def test_exponential_sigmas_start_at_pure_noise_and_end_at_sigma_min(ztsnr32: torch.Tensor):

@@ -108,7 +108,7 @@ def test_vpred_txt2img_defaults_write_infotext():
     text = infotext(out)
     assert "VPred prediction: v-prediction (auto)" in text
     assert "VPred ZTSNR: on (auto)" in text
-    assert "VPred spacing: trailing" in text
+    assert "VPred spacing: trailing (auto)" in text  # Euler: Auto resolves to trailing
     assert "VPred CFG rescale: 0.7" in text
 
 
@@ -202,15 +202,36 @@ def test_every_sampler_family_on_both_checkpoints(sampler):
         denoising_strength=0.5,
     )
     text = infotext(out)
+    spacing = "exponential (auto)" if sampler == "DPM++ 2M" else "trailing (auto)"  # Timestep spacing: Auto
     assert "VPred ZTSNR: on (auto)" in text
-    assert "VPred spacing: trailing" in text
+    assert f"VPred spacing: {spacing}" in text
     assert ("VPred CFG rescale: 0.0" if sampler == "DDIM CFG++" else "VPred CFG rescale: 0.7") in text
     img = generate("img2img", VPRED, sampler_name=sampler, init_images=[out["images"][0]], denoising_strength=0.5)
-    assert "VPred spacing: trailing" in infotext(img)
+    assert f"VPred spacing: {spacing}" in infotext(img)
     enabled = generate("txt2img", EPS, sampler_name=sampler)
     disabled = generate("txt2img", EPS, sampler_name=sampler, vpred=[False])
     assert enabled["images"][0] == disabled["images"][0]
     assert "VPred" not in infotext(enabled)
+
+
+@pytest.mark.parametrize("sampler", ["DPM++ 2M", "LMS"])
+def test_auto_spacing_is_the_webuis_own_exponential_schedule_for_dpmpp_2m_and_lms(sampler):
+    """Timestep spacing Auto (the default) gives DPM++ 2M and LMS exponential spacing from the ZTSNR sigma_max: the same
+    image, pixel for pixel, as the WebUI's own Exponential schedule type with ``Timestep spacing: Schedule type`` (the
+    WebUI computes that one from the same ZTSNR table); another image than trailing; recorded as
+    ``exponential (auto)`` (the WebUI still writes the selected ``Schedule type``; pasting restores both, and Auto
+    replaces it again)."""
+    fields = {"sampler_name": sampler, "steps": 6, "scheduler": "Karras"}
+    auto = generate("txt2img", VPRED, **fields)
+    own = generate(
+        "txt2img", VPRED, vpred=[True, "Auto", "Auto", "Schedule type", 0.7], **{**fields, "scheduler": "Exponential"}
+    )
+    trailing = generate("txt2img", VPRED, vpred=[True, "Auto", "Auto", "Trailing", 0.7], **fields)
+    assert pixels(auto) == pixels(own)
+    assert pixels(auto) != pixels(trailing)
+    assert "VPred spacing: exponential (auto)" in infotext(auto)
+    assert "VPred spacing: schedule type" in infotext(own)
+    assert "VPred spacing: trailing," in infotext(trailing) + ","
 
 
 #: A prompt and a negative prompt the tiny text encoder tells apart, so that CFG really guides (with SMALL's empty
