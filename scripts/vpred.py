@@ -52,9 +52,9 @@ def _fail_generation(error: VPredArgumentError, *args: Any, **kwargs: Any) -> An
     raise error
 
 
-def _status_text(*values: Any, sampler_name: str | None = None) -> ui.Status:
-    """The panel's status line for the loaded checkpoint, the given control values and the tab's sampler: one line in
-    plain words (what the next generation does), the reasons and warnings as its hover text."""
+def _status_text(*values: Any, sampler_name: str | None = None, img2img: bool = False) -> ui.Status:
+    """The panel's status line for the loaded checkpoint, the given control values and the tab's sampler (and whether
+    the tab is img2img): one line in plain words (what the next generation does), reasons and warnings as its hover."""
     if not HOST.supported:
         return ui.Status(HOST.message(), summary="not supported here: changes nothing")
     try:
@@ -66,9 +66,9 @@ def _status_text(*values: Any, sampler_name: str | None = None) -> ui.Status:
         return ui.Status("no checkpoint loaded", summary="no checkpoint loaded")
     facts = GLUE.model_facts(sd_model, shared.opts)
     sampler = (
-        SamplerFacts(name=sampler_name, family=ui.sampler_family_by_name(sampler_name))
+        SamplerFacts(name=sampler_name, family=ui.sampler_family_by_name(sampler_name), partial_denoise=img2img)
         if sampler_name
-        else SamplerFacts(name="k-diffusion samplers")
+        else SamplerFacts(name="k-diffusion samplers", partial_denoise=img2img)
     )
     plan = decide(current, facts, sampler)
     line = f"{facts.name}: {plan.status()}"

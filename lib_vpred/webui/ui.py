@@ -246,12 +246,13 @@ def build(
 # --- the preview's link to the WebUI's own components -----------------------------------------------------------------
 
 
-def _takes_sampler_name(fn: Callable[..., Any]) -> bool:
-    """Whether a status function takes the tab's sampler (``sampler_name=``), so its line is true for that tab."""
+def _takes(fn: Callable[..., Any], name: str) -> bool:
+    """Whether a status function takes keyword ``name``: the tab's sampler (``sampler_name=``) and whether the tab is
+    img2img (``img2img=``: Auto spacing gives its passes trailing), so that its line is true for that tab."""
     import inspect
 
     try:
-        return "sampler_name" in inspect.signature(fn).parameters
+        return name in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
 
@@ -288,10 +289,12 @@ class Panel:
         summary = ""
         webui = self.webui_values(state)
         try:
-            if _takes_sampler_name(self.status_fn):
-                found = self.status_fn(*control_values, sampler_name=webui.get("sampler"))
-            else:
-                found = self.status_fn(*control_values)
+            kwargs: dict[str, Any] = {}
+            if _takes(self.status_fn, "sampler_name"):
+                kwargs["sampler_name"] = webui.get("sampler")
+            if _takes(self.status_fn, "img2img"):
+                kwargs["img2img"] = self.is_img2img
+            found = self.status_fn(*control_values, **kwargs)
             if not isinstance(found, Status):
                 found = Status(str(found))
             status = status_html(found.line, found.hover)

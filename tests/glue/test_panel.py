@@ -166,8 +166,12 @@ def test_img2img_preview_starts_where_the_webui_slices(make_webui):
     w = new_webui(make_webui, models=(V_SD1,))
     blocks, script, _runner, created = _tab(w, True, after=[I2I_DENOISE])
     on_denoise = _listener(blocks, created["img2img_denoising_strength"])
-    _state, _status, preview, _header = on_denoise(0.5, {}, *_controls(script))
-    # Auto gives img2img trailing whatever the sampler (the stand-in's default is DPM++ 2M, exponential in txt2img)
+    _state, status, preview, header = on_denoise(0.5, {}, *_controls(script))
+    # Auto gives img2img trailing whatever the sampler (the stand-in's default is DPM++ 2M, exponential in txt2img),
+    # and the status line and header of the img2img tab say so
+    assert "img2img, DPM++ 2M, trailing (VPred)" in preview, preview
+    assert "trailing steps" in status
+    assert "· trailing ·" in header["label"]
     # setup_img2img_steps: t_enc = int(0.5 * 20) = 10; sigma_sched = sigmas[20 - 10 - 1:], trailing t = 999 - 50 * 9
     steps, t_enc = 20, int(0.5 * 20)
     start = steps - t_enc - 1

@@ -36,7 +36,7 @@ OVERRIDDEN = ("live_previews_enable", "sdxl_crop_top")
 V_NO_ZTSNR = {
     "VPred prediction": "v-prediction (auto)",
     "VPred ZTSNR": "off (auto)",
-    "VPred spacing": "trailing",
+    "VPred spacing": "trailing (auto)",
     "VPred CFG rescale": "0.7",
 }
 V_ZTSNR = {**V_NO_ZTSNR, "VPred ZTSNR": "on (auto)"}
