@@ -613,7 +613,7 @@ def pass_counts(rows: Sequence[Row], settings: dict) -> list[str]:
                 ]
                 strict += all(ok for ok, _ in res)
                 lenient += all(ok or not sig for ok, sig in res)
-            label = SCHEDULE_TYPE_LABELS.get(schedule)
+            label = None if sampler in TIMESTEP_SCHEDULES else SCHEDULE_TYPE_LABELS.get(schedule)  # no schedule types
             warned = label is not None and plan.schedule_type_loses_detail(label, sampler)
             counts[schedule] = f"{strict} [{lenient}]" + ("!" if warned else "")
         counts[AUTO] = f"{counts.get(resolve(AUTO, sampler), '-').rstrip('!')} ({resolve(AUTO, sampler)[:5]})"

@@ -86,6 +86,10 @@ def test_bench_trained_quick_runs_on_the_committed_weights(tmp_path):
     out = _quick("bench_trained.py", "--out", str(tmp_path))
     assert "TRAINED reference models" in out
     assert "(quick: not representative)" in out
+    # the extension's default (Timestep spacing: Auto) is judged per sampler as the plan resolves it
+    assert "(default under test: auto)" in out
+    assert "DPM++ 2M (exponential)" in out
+    assert "Euler (trailing)" in out
     with (tmp_path / "trained.csv").open() as f:
         rows = list(csv.DictReader(f))
     # the data floor, then per sampler: the eps twin at CFG 1 and every schedule of the v model at (1, -), (7.5, 0.7)
