@@ -233,6 +233,16 @@ A1111 = Host(
     ),
 )
 
+#: Forge and reForge start the same way: CPU only, offline, with the HTTP API.
+PATCHER_LAUNCH_ARGS = (
+    "--skip-prepare-environment",
+    "--skip-install",
+    "--always-cpu",
+    "--api",
+    "--skip-version-check",
+    "--no-download-sd-model",
+)
+
 FORGE = Host(
     key="forge",
     title="Stable Diffusion WebUI Forge (dfdcbab)",
@@ -245,14 +255,7 @@ FORGE = Host(
     ),
     sources=FORGE_REPOSITORIES,
     port=7861,
-    launch_args=(
-        "--skip-prepare-environment",
-        "--skip-install",
-        "--always-cpu",
-        "--api",
-        "--skip-version-check",
-        "--no-download-sd-model",
-    ),
+    launch_args=PATCHER_LAUNCH_ARGS,
     requirement_edits=A1111.requirement_edits,
     # the built-in soft-inpainting script imports joblib (else "Error loading script: soft_inpainting.py")
     extra_requirements=("joblib",),
@@ -286,14 +289,7 @@ REFORGE = Host(
     # sampling imports k_diff.k_diffusion, which imports ``clip``.
     sources=(*A1111_REPOSITORIES, OPENAI_CLIP),
     port=7863,
-    launch_args=(
-        "--skip-prepare-environment",
-        "--skip-install",
-        "--always-cpu",
-        "--api",
-        "--skip-version-check",
-        "--no-download-sd-model",
-    ),
+    launch_args=PATCHER_LAUNCH_ARGS,
     requirement_edits=(
         *A1111.requirement_edits,
         # the same version from PyPI (the machines that build hosts reach PyPI, not GitHub)

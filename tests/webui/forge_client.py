@@ -1,4 +1,5 @@
-"""What the Forge live tests share: the Forge's URL (``VPRED_FORGE_URL``), the skip gate, HTTP calls, probe tensors.
+"""What the Forge live tests share: the Forge's URL (``VPRED_FORGE_URL``), the skip gate, HTTP calls (:func:`request`,
+used by the A1111 and reForge tiers too), probe tensors.
 
 Without ``VPRED_FORGE_URL`` a module that calls :func:`require_forge` is skipped as a whole (a module-level skip, so
 ``VPRED_REQUIRE_LIVE=1`` of a run that started only A1111 does not turn it into failures); ``VPRED_REQUIRE_FORGE=1``

@@ -15,17 +15,16 @@ import io
 import json
 import os
 import re
-import urllib.error
-import urllib.request
 from typing import Any
 
 import pytest
+
+from tests.webui.forge_client import request
 
 URL = os.environ.get("VPRED_WEBUI_URL", "").rstrip("/")
 VPRED = os.environ.get("VPRED_WEBUI_VPRED", "tiny-vpred")
 EPS = os.environ.get("VPRED_WEBUI_EPS", "tiny-eps")
 LOG = os.environ.get("VPRED_WEBUI_LOG")
-TIMEOUT = float(os.environ.get("VPRED_WEBUI_TIMEOUT", "600"))
 
 SKIP_REASON = (
     "no WebUI: `bash tools/dev.sh test` starts one (VPRED_LIVE=1 builds it from GitHub), or set VPRED_WEBUI_URL"
@@ -36,17 +35,8 @@ SMALL = {"width": 64, "height": 64, "steps": 4, "cfg_scale": 7.0, "seed": 1234, 
 
 
 def call(path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(URL + path, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as e:
-        payload = e.read()
-        try:
-            return e.code, json.loads(payload)
-        except ValueError:
-            return e.code, payload.decode(errors="replace")
+    """GET (no body) or POST JSON to the WebUI: (HTTP status, decoded JSON or text)."""
+    return request(URL, path, body)
 
 
 def generate(kind: str, checkpoint: str, vpred: Any = None, **fields: Any) -> dict[str, Any]:

@@ -140,6 +140,23 @@ def _probe_inner(model, x, timestep, uncond, cond, cond_scale, model_options={},
     return out if return_full else out[0]
 
 
+def _call_entry(index: int, sigma, t, cond_scale, model_options) -> dict:
+    """One model call's record (both hosts): its sigma, the UNet's t, the CFG scale and which CFG hooks were set.
+    Called with ``_LOCK`` held (``pass`` is read from the record)."""
+    return {
+        "index": index,
+        "pass": _RECORD.get("passes", 0),
+        "sigma": sigma.tolist(),
+        "t": t.tolist() if t is not None else None,
+        "cond_scale": float(cond_scale),
+        "has_cfg_function": "sampler_cfg_function" in model_options,
+        "post_cfg_functions": len(model_options.get("sampler_post_cfg_function", [])),
+        "pre_cfg_functions": len(model_options.get("sampler_pre_cfg_function", [])),
+        "has_model_function_wrapper": "model_function_wrapper" in model_options,
+        "tensors": None,
+    }
+
+
 def _record_call(model, x, timestep, cond_scale, model_options, out) -> None:
     import torch
 
@@ -153,18 +170,7 @@ def _record_call(model, x, timestep, cond_scale, model_options, out) -> None:
         index = len(calls)
         if index == 0 and predictor is not None:
             _RECORD["sigmas_during"] = _table(predictor)
-        call = {
-            "index": index,
-            "pass": _RECORD.get("passes", 0),
-            "sigma": sigma.tolist(),
-            "t": t.tolist() if t is not None else None,
-            "cond_scale": float(cond_scale),
-            "has_cfg_function": "sampler_cfg_function" in model_options,
-            "post_cfg_functions": len(model_options.get("sampler_post_cfg_function", [])),
-            "pre_cfg_functions": len(model_options.get("sampler_pre_cfg_function", [])),
-            "has_model_function_wrapper": "model_function_wrapper" in model_options,
-            "tensors": None,
-        }
+        call = _call_entry(index, sigma, t, cond_scale, model_options)
         if _wants(index):
             call["tensors"] = {
                 "x": _tensor(x),
@@ -268,18 +274,7 @@ def _record_reforge_call(model, timestep, cond_scale, model_options, tensors, re
             p = _STATE.get("p")
             if p is not None:
                 _RECORD["wrapper"], _RECORD["wrapper_sigmas_during"] = _wrapper_table(p)
-        call = {
-            "index": index,
-            "pass": _RECORD.get("passes", 0),
-            "sigma": sigma.tolist(),
-            "t": t.tolist() if t is not None else None,
-            "cond_scale": float(cond_scale),
-            "has_cfg_function": "sampler_cfg_function" in model_options,
-            "post_cfg_functions": len(model_options.get("sampler_post_cfg_function", [])),
-            "pre_cfg_functions": len(model_options.get("sampler_pre_cfg_function", [])),
-            "has_model_function_wrapper": "model_function_wrapper" in model_options,
-            "tensors": None,
-        }
+        call = _call_entry(index, sigma, t, cond_scale, model_options)
         if tensors is not None:
             call["tensors"] = {**tensors, "result": _tensor(result)}
         calls.append(call)
