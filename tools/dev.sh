@@ -60,7 +60,47 @@ ensure_chromium() {
 
 HOSTS_STARTED=()
 stop_hosts() {
+  stop_prebuild
   for h in "${HOSTS_STARTED[@]}"; do "$VENV/bin/python" tools/host.py stop "$h" || true; done
+}
+
+PREBUILD_PID=""
+PREBUILD_LOG=""
+start_prebuild() {
+  # Build the Forge and reForge hosts in the background (niced, one after the other) while the first phase runs:
+  # their pip installs mostly wait on the disk and the first phase mostly on one core, so the builds' minutes hide
+  # behind the tests. Best effort: patcher_tier builds again in the foreground (a no-op once built) and fails there.
+  [ -n "${VPRED_FORGE_URL:-}${VPRED_REFORGE_URL:-}" ] && return 0
+  live_enabled || return 0
+  local hosts=()
+  host_enabled forge && hosts+=(forge)
+  host_enabled reforge && hosts+=(reforge)
+  [ ${#hosts[@]} -gt 0 ] || return 0
+  PREBUILD_LOG=$(mktemp "${TMPDIR:-/tmp}/vpred-prebuild.XXXXXX")
+  echo "[dev] building ${hosts[*]} in the background (log: $PREBUILD_LOG)" >&2
+  # its own process group (setsid), so that stop_prebuild can end the build and its pip children together
+  # shellcheck disable=SC2016 # $0 and $@ are the inner shell's
+  setsid bash -c 'for h in "$@"; do nice -n 10 "$0" tools/host.py build "$h" || exit 1; done' \
+    "$VENV/bin/python" "${hosts[@]}" >"$PREBUILD_LOG" 2>&1 &
+  PREBUILD_PID=$!
+}
+
+wait_prebuild() {
+  [ -n "$PREBUILD_PID" ] || return 0
+  local rc=0
+  wait "$PREBUILD_PID" || rc=$?
+  PREBUILD_PID=""
+  grep -E "^\[host\] (built|building|removing)" "$PREBUILD_LOG" >&2 || true
+  [ "$rc" = 0 ] || { echo "[dev] the background build failed (rc=$rc); building again in the foreground:" >&2; tail -n 20 "$PREBUILD_LOG" >&2; }
+  rm -f "$PREBUILD_LOG"
+}
+
+stop_prebuild() {
+  [ -n "$PREBUILD_PID" ] || return 0
+  kill -- "-$PREBUILD_PID" 2>/dev/null || kill "$PREBUILD_PID" 2>/dev/null || true
+  wait "$PREBUILD_PID" 2>/dev/null || true
+  rm -f "$PREBUILD_LOG"
+  PREBUILD_PID=""
 }
 
 start_live_tier() {
@@ -137,6 +177,7 @@ case "$cmd" in
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .
     trap stop_hosts EXIT
+    [ $# -gt 0 ] || start_prebuild
     start_live_tier
     if [ $# -gt 0 ]; then
       "$VENV/bin/python" -m pytest "$@"
@@ -148,6 +189,7 @@ case "$cmd" in
     if [ $# -gt 0 ]; then
       echo "[dev] pytest arguments given: the Forge and reForge tiers are not run (run without arguments for all)" >&2
     else
+      wait_prebuild
       patcher_tier forge VPRED_FORGE_URL VPRED_REQUIRE_FORGE "${FORGE_FILES[@]}"
       patcher_tier reforge VPRED_REFORGE_URL VPRED_REQUIRE_REFORGE "${REFORGE_FILES[@]}"
     fi
