@@ -9,7 +9,7 @@
 # `test` also runs the live and browser tiers against a real WebUI when VPRED_LIVE says so (default: on under CI=true
 # or when ../shared/hosts exists; VPRED_LIVE=1 builds from GitHub; VPRED_LIVE=0 turns them off): it builds the host
 # (first time only), starts it, runs pytest and stops it; then the same for Forge and for reForge, one at a time, with
-# their own test files (VPRED_FORGE=0 / VPRED_REFORGE=0 leave them out outside CI). Under CI a host that cannot be
+# their own test files (both built in the background during the first phase) (VPRED_FORGE=0 / VPRED_REFORGE=0 leave them out outside CI). Under CI a host that cannot be
 # built or started fails the run.
 # The environment is re-created when requirements-*.txt change (requirements-lock.txt pins every transitive package).
 set -euo pipefail
