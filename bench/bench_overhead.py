@@ -25,7 +25,7 @@ CUDA-synchronised, see "Timing" below):
    Each row: median and min over the samples, % of the UNet step (median over median), and kernel launches per
    step: on CUDA the kernels (and memcpy/memset) the torch profiler sees on the device, on CPU the kernel-launching
    aten ops the CPU profiler sees (``bench/opcount.py``); the op names of each path are printed after the table.
-3. Once per pass: ``ztsnr_sigma_table``, ``install_sigma_table``, ``decide``, ``TrailingSchedule(sampler)(steps)``,
+3. Once per pass: ``ztsnr_sigma_table``, ``install_sigma_table``, ``decide``, ``SpacingSchedule(sampler)(steps)``,
    ``model_facts``, ``detect_file`` cached and uncached (a small safetensors checkpoint with a YAML beside it), and
    the script's whole ``process`` + ``process_before_every_sampling`` + ``postprocess`` on a fresh sampler.
 4. ``--webui-url`` (loopback only): end to end against a real WebUI with the ``tiny-vpred`` checkpoint
@@ -445,7 +445,7 @@ def make_pass_benches(glue: Glue, device: torch.device) -> dict[str, Callable[[]
         f"ztsnr_sigma_table (to {device.type})": lambda: hooks.ztsnr_sigma_table(model, device),
         "install_sigma_table": lambda: hooks.install_sigma_table(model_wrap, table),
         "decide": lambda: decide(settings, facts, sampler_facts),
-        "TrailingSchedule(steps)": lambda: hooks.TrailingSchedule(sampler)(STEPS),
+        "SpacingSchedule(steps)": lambda: hooks.SpacingSchedule(sampler)(STEPS),
         "model_facts (detect_file cached)": lambda: hooks.model_facts(model, shared.opts),
         "detect_file, cached": lambda: hooks.detect_file(path),
         "detect_file, uncached (cache cleared)": uncached,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -202,10 +203,14 @@ def exponential_sigmas(model_sigmas: torch.Tensor, steps: int) -> torch.Tensor:
 SPACING_SIGMAS = {"trailing": trailing_sigmas, "exponential": exponential_sigmas}
 
 
-def spacing_sigmas(spacing: str, model_sigmas: torch.Tensor, steps: int) -> torch.Tensor:
-    """The sigma list of one of our spacings (:data:`SPACING_SIGMAS`) for ``steps`` steps of ``model_sigmas``."""
+def spacing_function(spacing: str) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """The sigma-list function of one of our spacings (:data:`SPACING_SIGMAS`); ValueError naming the choices else."""
     try:
-        fn = SPACING_SIGMAS[spacing]
+        return SPACING_SIGMAS[spacing]
     except KeyError:
         raise ValueError(f"spacing must be one of {', '.join(SPACING_SIGMAS)}, got {spacing!r}") from None
-    return fn(model_sigmas, steps)
+
+
+def spacing_sigmas(spacing: str, model_sigmas: torch.Tensor, steps: int) -> torch.Tensor:
+    """The sigma list of one of our spacings (:data:`SPACING_SIGMAS`) for ``steps`` steps of ``model_sigmas``."""
+    return spacing_function(spacing)(model_sigmas, steps)

@@ -180,20 +180,12 @@ class SpacingSchedule:
     pass's own (possibly ZTSNR) sigma table, read when the WebUI asks (after our table is installed)."""
 
     def __init__(self, sampler: Any, spacing: str = TRAILING) -> None:
-        if spacing not in schedule.SPACING_SIGMAS:
-            raise ValueError(f"spacing must be one of {', '.join(schedule.SPACING_SIGMAS)}, got {spacing!r}")
         self.sampler = sampler
         self.spacing = spacing
+        self._sigmas = schedule.spacing_function(spacing)  # an unknown spacing fails here, not inside the WebUI
 
     def __call__(self, steps: int) -> torch.Tensor:
-        return schedule.spacing_sigmas(self.spacing, self.sampler.model_wrap.sigmas.detach().cpu(), int(steps))
-
-
-class TrailingSchedule(SpacingSchedule):
-    """The trailing override (``Timestep spacing: Trailing``, and ``Auto`` for most samplers)."""
-
-    def __init__(self, sampler: Any) -> None:
-        super().__init__(sampler, TRAILING)
+        return self._sigmas(self.sampler.model_wrap.sigmas.detach().cpu(), int(steps))
 
 
 def set_spacing_override(p: Any, sampler: Any, plan: Any) -> None:

@@ -25,7 +25,6 @@ from lib_vpred.webui.common import (  # noqa: F401
     OPT_ASSUME_SD1_ZTSNR,
     OPT_OVERRIDES,
     SpacingSchedule,
-    TrailingSchedule,
     checkpoint_override,
     detect_file,
     model_family,

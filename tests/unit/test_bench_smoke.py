@@ -40,7 +40,7 @@ def test_bench_overhead_quick_runs_and_prints_its_table():
         "ztsnr_sigma_table",
         "install_sigma_table",
         "decide",
-        "TrailingSchedule(steps)",
+        "SpacingSchedule(steps)",
         "detect_file, cached",
         "detect_file, uncached",
         "script hooks, whole pass",
