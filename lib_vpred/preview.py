@@ -85,7 +85,7 @@ def schedule_sigmas(
     model_sigmas: torch.Tensor,
     steps: int,
     *,
-    trailing: bool = False,
+    spacing: str | None = None,
     schedule_fn: ScheduleFn | None = None,
     need_inner_model: bool = False,
     inner_model: Any = None,
@@ -93,13 +93,12 @@ def schedule_sigmas(
     sigma_max: float | None = None,
     extra_kwargs: dict[str, Any] | None = None,
     discard_penultimate: bool = False,
-    spacing: str | None = None,
 ) -> torch.Tensor:
     """The full sigma list of one pass, as ``KDiffusionSampler.get_sigmas(p, steps)`` builds it (``steps + 1`` entries,
     descending, ending in 0).
 
-    - ``spacing`` (``"trailing"`` or ``"exponential"``; ``trailing=True`` is short for the first): our override
-      (``p.sampler_noise_scheduler_override``), :func:`lib_vpred.schedule.spacing_sigmas` of ``model_sigmas``;
+    - ``spacing`` (``"trailing"`` or ``"exponential"``): our override (``p.sampler_noise_scheduler_override``),
+      :func:`lib_vpred.schedule.spacing_sigmas` of ``model_sigmas``;
     - else ``schedule_fn`` called as the WebUI calls it: ``fn(n=, sigma_min=, sigma_max=, [inner_model=], device=cpu)``
       (``sigma_min``/``sigma_max`` default to the table's ends);
     - ``schedule_fn`` None: ``inner_model.get_sigmas(n)`` (or :func:`uniform_sigmas` without an inner model).
@@ -109,7 +108,6 @@ def schedule_sigmas(
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     n = steps + 1 if discard_penultimate else steps
-    spacing = spacing or ("trailing" if trailing else None)
     if spacing:
         sigmas = schedule.spacing_sigmas(spacing, model_sigmas.detach().cpu(), n)
     elif schedule_fn is None:
@@ -246,12 +244,12 @@ def article(number: int) -> str:
 
 
 def schedule_warnings(
-    preview: Preview, *, ztsnr: bool, trailing: bool, scheduler_label: str | None, sampler_name: str | None = None
+    preview: Preview, *, ztsnr: bool, overridden: bool, scheduler_label: str | None, sampler_name: str | None = None
 ) -> tuple[str, ...]:
     """Warnings about a schedule type under zero terminal SNR, each with the fix. Which schedule type warns with which
     sampler is :func:`lib_vpred.plan.schedule_type_loses_detail` (the plan's rule); ``sampler_name`` None means a
-    sampler outside the DPM++ family. ``trailing``: our spacing replaces the schedule type (no warning)."""
-    if not ztsnr or trailing or not scheduler_label:
+    sampler outside the DPM++ family. ``overridden``: our spacing replaces the schedule type (no warning)."""
+    if not ztsnr or overridden or not scheduler_label:
         return ()
     out = []
     too_high = preview.denoising_strength is not None and preview.start_t - preview.denoising_strength * 1000 > 100
@@ -301,7 +299,7 @@ def build_preview(
     model_sigmas: torch.Tensor,
     steps: int,
     *,
-    trailing: bool = False,
+    spacing: str | None = None,
     schedule_fn: ScheduleFn | None = None,
     need_inner_model: bool = False,
     inner_model: Any = None,
@@ -309,7 +307,6 @@ def build_preview(
     sigma_max: float | None = None,
     extra_kwargs: dict[str, Any] | None = None,
     discard_penultimate: bool = False,
-    spacing: str | None = None,
     denoising_strength: float | None = None,
     fixed_steps: bool = False,
     ztsnr: bool = False,
@@ -334,7 +331,7 @@ def build_preview(
     full = schedule_sigmas(
         model_sigmas,
         virtual,
-        trailing=trailing,
+        spacing=spacing,
         schedule_fn=schedule_fn,
         need_inner_model=need_inner_model,
         inner_model=inner_model,
@@ -342,7 +339,6 @@ def build_preview(
         sigma_max=sigma_max,
         extra_kwargs=extra_kwargs,
         discard_penultimate=discard_penultimate,
-        spacing=spacing,
     )
     run = full[start:]
     ts = sigma_to_t(run, model_sigmas)
@@ -360,7 +356,7 @@ def build_preview(
     warnings = schedule_warnings(
         preview,
         ztsnr=ztsnr,
-        trailing=trailing or bool(spacing),
+        overridden=bool(spacing),
         scheduler_label=scheduler_label,
         sampler_name=sampler_name,
     )

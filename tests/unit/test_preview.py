@@ -75,7 +75,7 @@ def test_uniform_is_k_diffusion_get_sigmas(name, steps):
     ds = k_diffusion.external.DiscreteSchedule(table, quantize=False)
     expected = ds.get_sigmas(steps).double()
     for inner in (None, ds):
-        got = pv.schedule_sigmas(table, steps, trailing=False, schedule_fn=None, inner_model=inner)
+        got = pv.schedule_sigmas(table, steps, schedule_fn=None, inner_model=inner)
         assert got.shape == (steps + 1,)
         assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
 
@@ -89,10 +89,10 @@ def test_schedule_function_is_called_as_the_webui_calls_it():
         calls.append((n, sigma_min, sigma_max, inner_model, device))
         return inner_model.get_sigmas(n)
 
-    pv.schedule_sigmas(table, 12, trailing=False, schedule_fn=fn, need_inner_model=True, inner_model=ds)
+    pv.schedule_sigmas(table, 12, schedule_fn=fn, need_inner_model=True, inner_model=ds)
     assert calls == [(12, float(table[0]), float(table[-1]), ds, torch.device("cpu"))]
     with pytest.raises(ValueError, match="inner_model"):
-        pv.schedule_sigmas(table, 12, trailing=False, schedule_fn=fn, need_inner_model=True)
+        pv.schedule_sigmas(table, 12, schedule_fn=fn, need_inner_model=True)
 
 
 @pytest.mark.parametrize("steps", [10, 20, 30])
@@ -102,7 +102,6 @@ def test_karras_on_the_ztsnr_table(steps):
     p = pv.build_preview(
         table,
         steps,
-        trailing=False,
         schedule_fn=k_diffusion.sampling.get_sigmas_karras,
         ztsnr=True,
         scheduler_label="Karras",
@@ -123,8 +122,8 @@ def test_karras_on_the_ztsnr_table(steps):
 def test_karras_20_steps_matches_peers_table():
     """peers.md section 10: under ZTSNR, Karras spends 13 of 20 steps above sigma 14.6, Exponential 10."""
     table = TABLES["ztsnr"]
-    karras = pv.build_preview(table, 20, trailing=False, schedule_fn=k_diffusion.sampling.get_sigmas_karras)
-    expo = pv.build_preview(table, 20, trailing=False, schedule_fn=k_diffusion.sampling.get_sigmas_exponential)
+    karras = pv.build_preview(table, 20, schedule_fn=k_diffusion.sampling.get_sigmas_karras)
+    expo = pv.build_preview(table, 20, schedule_fn=k_diffusion.sampling.get_sigmas_exponential)
     assert (karras.above_stock, expo.above_stock) == (13, 10)
     assert [pv.format_sigma(s) for s in karras.sigmas[:3]] == ["4518.8", "3319.9", "2404.8"]
     assert [pv.format_t(t) for t in karras.timesteps[:3]] == ["999", "999", "998"]
@@ -134,7 +133,7 @@ def test_karras_20_steps_matches_peers_table():
 @pytest.mark.parametrize("steps", [1, 10, 20, 33])
 def test_trailing(name, steps):
     table = TABLES[name]
-    p = pv.build_preview(table, steps, trailing=True, ztsnr=name == "ztsnr", scheduler_label="Karras")
+    p = pv.build_preview(table, steps, spacing="trailing", ztsnr=name == "ztsnr", scheduler_label="Karras")
     ts = trailing_t(steps)
     assert list(p.sigmas) == pytest.approx([float(table[t]) for t in ts] + [0.0], rel=1e-6)
     assert [round(t) for t in p.timesteps[:-1]] == ts
@@ -142,9 +141,9 @@ def test_trailing(name, steps):
 
 
 def test_trailing_20_summary():
-    p = pv.build_preview(TABLES["ztsnr"], 20, trailing=True)
+    p = pv.build_preview(TABLES["ztsnr"], 20, spacing="trailing")
     assert p.summary() == "20 steps, first at t=999 (sigma 4518.8); 3 steps above sigma 14.6, 2 at t >= 900"
-    stock = pv.build_preview(TABLES["stock"], 20, trailing=True)
+    stock = pv.build_preview(TABLES["stock"], 20, spacing="trailing")
     assert stock.summary() == "20 steps, first at t=999 (sigma 14.6); 0 steps above sigma 14.6, 2 at t >= 900"
 
 
@@ -155,8 +154,8 @@ def test_img2img_slicing(fixed, steps, strength):
     table = TABLES["ztsnr"]
     virtual, t_enc = webui_img2img(steps, strength, fixed)
     assert pv.img2img_steps(steps, strength, fixed=fixed) == (virtual, t_enc)
-    full = pv.schedule_sigmas(table, virtual, trailing=True)
-    p = pv.build_preview(table, steps, trailing=True, denoising_strength=strength, fixed_steps=fixed)
+    full = pv.schedule_sigmas(table, virtual, spacing="trailing")
+    p = pv.build_preview(table, steps, spacing="trailing", denoising_strength=strength, fixed_steps=fixed)
     assert list(p.sigmas) == full[virtual - t_enc - 1 :].tolist()
     assert p.steps == t_enc + 1
     assert p.virtual_steps == virtual
@@ -170,8 +169,8 @@ def test_img2img_slicing(fixed, steps, strength):
 
 def test_img2img_strength_1_is_the_full_schedule():
     table = TABLES["ztsnr"]
-    p = pv.build_preview(table, 20, trailing=True, denoising_strength=1.0)
-    assert p.sigmas == pv.build_preview(table, 20, trailing=True).sigmas
+    p = pv.build_preview(table, 20, spacing="trailing", denoising_strength=1.0)
+    assert p.sigmas == pv.build_preview(table, 20, spacing="trailing").sigmas
 
 
 def test_img2img_karras_warns_about_renoising():
@@ -179,7 +178,6 @@ def test_img2img_karras_warns_about_renoising():
     p = pv.build_preview(
         TABLES["ztsnr"],
         20,
-        trailing=False,
         schedule_fn=k_diffusion.sampling.get_sigmas_karras,
         denoising_strength=0.5,
         ztsnr=True,
@@ -193,10 +191,10 @@ def test_img2img_karras_warns_about_renoising():
 def test_discard_penultimate_sigma():
     table = TABLES["ztsnr"]
     fn = k_diffusion.sampling.get_sigmas_karras
-    got = pv.schedule_sigmas(table, 20, trailing=False, schedule_fn=fn, discard_penultimate=True)
+    got = pv.schedule_sigmas(table, 20, schedule_fn=fn, discard_penultimate=True)
     longer = fn(21, float(table[0]), float(table[-1])).double()
     assert got.tolist() == torch.cat([longer[:-2], longer[-1:]]).tolist()
-    trailing = pv.schedule_sigmas(table, 20, trailing=True, discard_penultimate=True)
+    trailing = pv.schedule_sigmas(table, 20, spacing="trailing", discard_penultimate=True)
     assert len(trailing) == 21
     assert [round(t) for t in pv.sigma_to_t(trailing[:-1], table).tolist()] == trailing_t(21)[:-1]
 
@@ -204,20 +202,20 @@ def test_discard_penultimate_sigma():
 def test_no_warning_without_ztsnr_or_for_timestep_uniform_types():
     table = TABLES["ztsnr"]
     fn = k_diffusion.sampling.get_sigmas_karras
-    assert pv.build_preview(table, 20, trailing=False, schedule_fn=fn, scheduler_label="Karras").warnings == ()
-    simple = pv.build_preview(table, 20, trailing=False, ztsnr=True, scheduler_label="Simple")
+    assert pv.build_preview(table, 20, schedule_fn=fn, scheduler_label="Karras").warnings == ()
+    simple = pv.build_preview(table, 20, ztsnr=True, scheduler_label="Simple")
     assert simple.warnings == ()
-    ays = pv.build_preview(table, 20, trailing=False, ztsnr=True, scheduler_label="Align Your Steps")
+    ays = pv.build_preview(table, 20, ztsnr=True, scheduler_label="Align Your Steps")
     assert "ignore the ZTSNR table" in ays.warnings[0]
 
 
 def test_compact_rows_and_html():
-    p = pv.build_preview(TABLES["ztsnr"], 20, trailing=True)
+    p = pv.build_preview(TABLES["ztsnr"], 20, spacing="trailing")
     rows = p.rows()
     assert [r[0] for r in rows] == ["1", "2", "3", "4", "5", "6", "…", "20"]
     assert rows[0] == ("1", "4518.8", "999")
     assert rows[-1] == ("20", pv.format_sigma(p.sigmas[19]), "49")
-    short = pv.build_preview(TABLES["ztsnr"], 8, trailing=True)
+    short = pv.build_preview(TABLES["ztsnr"], 8, spacing="trailing")
     assert [r[0] for r in short.rows()] == [str(i) for i in range(1, 9)]
     text = p.html()
     assert text.count("<tr>") == 3
@@ -226,11 +224,11 @@ def test_compact_rows_and_html():
 
 
 def test_zero_strength_and_bad_steps():
-    p = pv.build_preview(TABLES["ztsnr"], 20, trailing=True, denoising_strength=0.0, fixed_steps=True)
+    p = pv.build_preview(TABLES["ztsnr"], 20, spacing="trailing", denoising_strength=0.0, fixed_steps=True)
     assert p.steps == 0
     assert "no sampling steps" in p.summary()
     with pytest.raises(ValueError, match="steps"):
-        pv.schedule_sigmas(TABLES["ztsnr"], 0, trailing=True)
+        pv.schedule_sigmas(TABLES["ztsnr"], 0, spacing="trailing")
 
 
 def test_formatting():
@@ -259,7 +257,7 @@ def test_formatting():
 )
 def test_article_before_a_step_count(n, word):
     assert pv.article(n) == word
-    preview = pv.build_preview(TABLES["ztsnr"], 4, trailing=True, denoising_strength=0.5, fixed_steps=True)
+    preview = pv.build_preview(TABLES["ztsnr"], 4, spacing="trailing", denoising_strength=0.5, fixed_steps=True)
     assert f" of {pv.article(preview.virtual_steps)} {preview.virtual_steps}-step " in preview.summary()
 
 
@@ -300,7 +298,6 @@ def test_schedule_warnings_follow_the_plan_rule(scheduler, sampler, warns):
     p = pv.build_preview(
         TABLES["ztsnr"],
         20,
-        trailing=False,
         schedule_fn=k_diffusion.sampling.get_sigmas_karras,
         ztsnr=True,
         scheduler_label=scheduler,
