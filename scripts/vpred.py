@@ -65,10 +65,10 @@ def _status_text(*values: Any, sampler_name: str | None = None, img2img: bool = 
     if sd_model is None:
         return ui.Status("no checkpoint loaded", summary="no checkpoint loaded")
     facts = GLUE.model_facts(sd_model, shared.opts)
-    sampler = (
-        SamplerFacts(name=sampler_name, family=ui.sampler_family_by_name(sampler_name), partial_denoise=img2img)
-        if sampler_name
-        else SamplerFacts(name="k-diffusion samplers", partial_denoise=img2img)
+    sampler = SamplerFacts(
+        name=sampler_name or "k-diffusion samplers",
+        family=ui.sampler_family_by_name(sampler_name),
+        partial_denoise=img2img,
     )
     plan = decide(current, facts, sampler)
     line = f"{facts.name}: {plan.status()}"
