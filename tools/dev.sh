@@ -9,8 +9,8 @@
 # `test` also runs the live and browser tiers against a real WebUI when VPRED_LIVE says so (default: on under CI=true
 # or when ../shared/hosts exists; VPRED_LIVE=1 builds from GitHub; VPRED_LIVE=0 turns them off): it builds the host
 # (first time only), starts it, runs pytest and stops it; then the same for Forge and for reForge, one at a time, with
-# their own test files (both built in the background during the first phase) (VPRED_FORGE=0 / VPRED_REFORGE=0 leave them out outside CI). Under CI a host that cannot be
-# built or started fails the run.
+# their own test files (both built in the background during the first phase; VPRED_FORGE=0 / VPRED_REFORGE=0 leave
+# them out outside CI). Under CI a host that cannot be built or started fails the run.
 # The environment is re-created when requirements-*.txt change (requirements-lock.txt pins every transitive package).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -122,10 +122,15 @@ start_live_tier() {
   export VPRED_WEBUI_URL VPRED_WEBUI_LOG VPRED_REQUIRE_LIVE=1
 }
 
+host_var() {
+  # the variable that can leave a host out: forge -> VPRED_FORGE
+  echo "VPRED_$(echo "$1" | tr '[:lower:]' '[:upper:]')"
+}
+
 host_enabled() {
   # VPRED_FORGE=0 / VPRED_REFORGE=0 leave a host out outside CI; under CI every host runs
   local var
-  var="VPRED_$(echo "$1" | tr '[:lower:]' '[:upper:]')"
+  var=$(host_var "$1")
   [ "${CI:-}" = "true" ] && return 0
   case "${!var:-auto}" in
     0 | off | no | false) return 1 ;;
@@ -146,7 +151,7 @@ patcher_tier() {
   fi
   live_enabled || return 0
   if ! host_enabled "$key"; then
-    echo "[dev] $key tier off ($(echo "VPRED_$key" | tr '[:lower:]' '[:upper:]')=0)" >&2
+    echo "[dev] $key tier off ($(host_var "$key")=0)" >&2
     return 0
   fi
   "$VENV/bin/python" tools/host.py build "$key"
@@ -177,18 +182,17 @@ case "$cmd" in
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .
     trap stop_hosts EXIT
-    [ $# -gt 0 ] || start_prebuild
-    start_live_tier
     if [ $# -gt 0 ]; then
+      start_live_tier
       "$VENV/bin/python" -m pytest "$@"
-    else
-      # the Forge and reForge files run below, each with its host
-      "$VENV/bin/python" -m pytest "${PATCHER_FILES[@]/#/--ignore=}"
-    fi
-    stop_a1111
-    if [ $# -gt 0 ]; then
+      stop_a1111
       echo "[dev] pytest arguments given: the Forge and reForge tiers are not run (run without arguments for all)" >&2
     else
+      start_prebuild
+      start_live_tier
+      # the Forge and reForge files run below, each with its host
+      "$VENV/bin/python" -m pytest "${PATCHER_FILES[@]/#/--ignore=}"
+      stop_a1111
       wait_prebuild
       patcher_tier forge VPRED_FORGE_URL VPRED_REQUIRE_FORGE "${FORGE_FILES[@]}"
       patcher_tier reforge VPRED_REFORGE_URL VPRED_REQUIRE_REFORGE "${REFORGE_FILES[@]}"
