@@ -616,7 +616,8 @@ def pass_counts(rows: Sequence[Row], settings: dict) -> list[str]:
             label = None if sampler in TIMESTEP_SCHEDULES else SCHEDULE_TYPE_LABELS.get(schedule)  # no schedule types
             warned = label is not None and plan.schedule_type_loses_detail(label, sampler)
             counts[schedule] = f"{strict} [{lenient}]" + ("!" if warned else "")
-        counts[AUTO] = f"{counts.get(resolve(AUTO, sampler), '-').rstrip('!')} ({resolve(AUTO, sampler)[:5]})"
+        chosen = resolve(AUTO, sampler)
+        counts[AUTO] = f"{counts.get(chosen, '-').rstrip('!')} ({chosen[:5]})"
         lines.append(f"{sampler:12s} " + " ".join(f"{counts.get(s, '-'):>12s}" for s in (*SCHEDULES, AUTO)))
     return lines
 

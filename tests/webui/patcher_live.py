@@ -141,15 +141,23 @@ class PatcherLiveChecks:
         self, checkpoint: str, vpred: Any = None, kind: str = "txt2img", capture: Any = (0,), **fields: Any
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """One generation; returns (the API answer with its info decoded, the probe's record)."""
-        status, reset = self.call("/vpred-probe/v1/reset", {"capture": capture if capture == "all" else list(capture)})
-        assert status == 200, reset
         extra = fields.pop("override_settings_extra", {})
         body = {**SMALL, **fields, "override_settings": {"sd_model_checkpoint": checkpoint, **extra}}
         if vpred is not None:
             body["alwayson_scripts"] = {"vpred": {"args": vpred}}
-        status, out = self.call(f"/sdapi/v1/{kind}", body)
-        assert status == 200, out
-        out["info"] = json.loads(out["info"])
+
+        def run() -> dict[str, Any]:
+            """Reset the probe, generate, decode the info."""
+            status, reset = self.call(
+                "/vpred-probe/v1/reset", {"capture": capture if capture == "all" else list(capture)}
+            )
+            assert status == 200, reset
+            status, out = self.call(f"/sdapi/v1/{kind}", body)
+            assert status == 200, out
+            out["info"] = json.loads(out["info"])
+            return out
+
+        out = run()
         if out["info"]["sd_model_name"] != checkpoint:
             # The WebUI keeps an overridden sd_model_checkpoint option its config file lacks, and skips the switch
             # when the option already names the checkpoint while the twin (same hash) is loaded: flip it for real.
@@ -157,12 +165,7 @@ class PatcherLiveChecks:
             for name in (other, checkpoint):
                 status, answer = self.call("/sdapi/v1/options", {"sd_model_checkpoint": name})
                 assert status == 200, answer
-            status, reset = self.call(
-                "/vpred-probe/v1/reset", {"capture": capture if capture == "all" else list(capture)}
-            )
-            status, out = self.call(f"/sdapi/v1/{kind}", body)
-            assert status == 200, out
-            out["info"] = json.loads(out["info"])
+            out = run()
         assert out["info"]["sd_model_name"] == checkpoint
         status, probe = self.call("/vpred-probe/v1/last")
         assert status == 200, probe
